@@ -1,0 +1,48 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Response, get
+
+from service.errors import SandboxUnavailable
+from service.runtime import Runtime
+
+__all__ = ["routes"]
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Ready(msgspec.Struct):
+    """`ready` is true when R runs in the configured sandbox and the default provider is configured."""
+
+    ready: bool
+    sandbox: dict[str, str]
+    providers: dict[str, dict[str, str]]
+    default_provider: str
+
+
+@get("/health", summary="Liveness: the process answers", tags=["health"], sync_to_thread=False)
+def health_check() -> Health:
+    return Health(status="ok")
+
+
+@get("/ready", summary="Readiness: R, the sandbox and the configured providers", tags=["health"])
+async def ready(runtime: Runtime) -> Response[Ready]:
+    try:
+        runner = await runtime.runner()
+        sandbox = {"status": "ok", **runner.describe()}
+        sandbox_ok = True
+    except SandboxUnavailable as exc:
+        sandbox = {"status": "unavailable", "mode": runtime.settings.sandbox, "reason": exc.detail}
+        sandbox_ok = False
+    providers = runtime.providers.describe()
+    default = runtime.providers.default_name
+    ok = sandbox_ok and providers[default]["configured"] == "true"
+    body = Ready(ready=ok, sandbox=sandbox, providers=providers, default_provider=default)
+    return Response(body, status_code=200 if ok else 503)
+
+
+routes = [health_check, ready]

@@ -1,0 +1,123 @@
+"""Every error leaves as RFC 9457 problem details; no traceback ever reaches a client.
+
+Litestar's own validation errors (msgspec decoding the body) already name the
+offending path (`dedup.threshold`, `tasks[0]`); they are reshaped here into
+`errors: [{field, message}]` with the first field repeated in `field`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from service.errors import ProviderError, QasynthError
+
+__all__ = ["EXCEPTION_HANDLERS", "FieldError", "Problem"]
+
+log = logging.getLogger("qasynth")
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "https://qasynth.dev/problems/"
+
+
+class FieldError(msgspec.Struct):
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """RFC 9457 problem details, with `field`/`errors` naming what was wrong in the request."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    field: str | None = None
+    errors: list[FieldError] | None = None
+    provider: str | None = None
+
+
+def _response(problem: Problem) -> Response[Problem]:
+    return Response(problem, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def _field_errors(extra: Any) -> list[FieldError]:
+    errors = []
+    if isinstance(extra, list):
+        for item in extra:
+            if isinstance(item, dict):
+                key = str(item.get("key") or "") or "body"
+                errors.append(FieldError(field=key, message=str(item.get("message", ""))))
+    return errors
+
+
+def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Problem]:
+    errors = _field_errors(exc.extra)
+    first = errors[0] if errors else None
+    detail = f"{first.field}: {first.message}" if first else str(exc.detail)
+    return _response(
+        Problem(
+            type=TYPE_BASE + "invalid-request",
+            title="Invalid request",
+            status=400,
+            detail=detail,
+            instance=request.url.path,
+            field=first.field if first else "body",
+            errors=errors or [FieldError(field="body", message=str(exc.detail))],
+        )
+    )
+
+
+def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+    title = type(exc).__name__.replace("Exception", "") or "Error"
+    return _response(
+        Problem(
+            type=TYPE_BASE + title.lower(),
+            title=title,
+            status=exc.status_code,
+            detail=str(exc.detail),
+            instance=request.url.path,
+        )
+    )
+
+
+def _qasynth(request: Request[Any, Any, Any], exc: QasynthError) -> Response[Problem]:
+    slug = type(exc).__name__.replace("_", "-").lower()
+    return _response(
+        Problem(
+            type=TYPE_BASE + slug,
+            title=exc.title,
+            status=exc.status_code,
+            detail=exc.detail,
+            instance=request.url.path,
+            field=exc.field,
+            errors=[FieldError(field=exc.field, message=exc.detail)] if exc.field else None,
+            provider=exc.provider if isinstance(exc, ProviderError) else None,
+        )
+    )
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return _response(
+        Problem(
+            type=TYPE_BASE + "internal",
+            title="Internal error",
+            status=HTTP_500_INTERNAL_SERVER_ERROR,
+            detail="The service hit an unexpected error; it is logged on the server.",
+            instance=request.url.path,
+        )
+    )
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+    ValidationException: _validation,
+    HTTPException: _http,
+    QasynthError: _qasynth,
+    Exception: _unexpected,
+}

@@ -1,0 +1,73 @@
+"""`create_app`: the one place where settings, providers, the R sandbox and the routes meet."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Contact
+
+from service.api import dedup, evaluate, exports, generate, health, reports
+from service.api.problems import EXCEPTION_HANDLERS
+from service.providers.base import Provider
+from service.providers.registry import ProviderRegistry
+from service.runtime import Runtime
+from service.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("qasynth")
+
+VERSION = "0.1.0"
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    providers: Mapping[str, Provider] | None = None,
+    runner: Any = None,
+) -> Litestar:
+    """Build the app. `providers` and `runner` replace the ones built from settings (tests, embedding)."""
+    settings = settings or Settings.from_env()
+    runtime = Runtime(settings=settings, providers=ProviderRegistry(settings, providers), runner=runner)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.aclose()
+
+    def provide_runtime() -> Runtime:
+        return runtime
+
+    return Litestar(
+        route_handlers=[
+            *health.routes,
+            *generate.routes,
+            *dedup.routes,
+            *evaluate.routes,
+            *reports.routes,
+            *exports.routes,
+        ],
+        dependencies={"runtime": Provide(provide_runtime, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="qasynth",
+            version=VERSION,
+            description=(
+                "Manufactures question/answer pairs about R for statistics for fine-tuning code LLMs: "
+                "spec → questions → ROUGE-L dedup → answers → sandboxed R evaluation → export."
+            ),
+            contact=Contact(name="qasynth"),
+            path="/schema",
+        ),
+        debug=False,
+    )

@@ -1,0 +1,69 @@
+"""The qasynth error tree. Callers catch at the level they need.
+
+    QasynthError
+    ├── InvalidInput          a request is well-formed JSON but asks for something impossible (400)
+    ├── ProviderError         a language-model provider could not give a usable answer
+    │   ├── ProviderNotConfigured   the named provider has no credentials or runtime (400)
+    │   ├── ProviderUnavailable     transport failures, 5xx and 429 after retries (502)
+    │   └── ProviderRejected        the provider refused the request: bad key, unknown model (502)
+    └── SandboxUnavailable    the R sandbox cannot run at all (503)
+
+Expected outcomes are data, not exceptions: a duplicate, an unparsable model reply
+or an R error in an answer become dropped/failed items in the response.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidInput",
+    "ProviderError",
+    "ProviderNotConfigured",
+    "ProviderRejected",
+    "ProviderUnavailable",
+    "QasynthError",
+    "SandboxUnavailable",
+]
+
+
+class QasynthError(Exception):
+    """Root of every error qasynth raises on purpose."""
+
+    status_code: int = 500
+    title: str = "Internal error"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class InvalidInput(QasynthError):
+    status_code = 400
+    title = "Invalid request"
+
+
+class ProviderError(QasynthError):
+    status_code = 502
+    title = "Model provider failed"
+
+    def __init__(self, detail: str, *, provider: str, field: str | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.provider = provider
+
+
+class ProviderNotConfigured(ProviderError):
+    status_code = 400
+    title = "Model provider not configured"
+
+
+class ProviderUnavailable(ProviderError):
+    title = "Model provider unavailable"
+
+
+class ProviderRejected(ProviderError):
+    title = "Model provider rejected the request"
+
+
+class SandboxUnavailable(QasynthError):
+    status_code = 503
+    title = "R sandbox unavailable"

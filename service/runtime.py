@@ -1,0 +1,54 @@
+"""Long-lived objects shared by requests: providers and the R runner. Never request data."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from service.errors import SandboxUnavailable
+from service.providers.registry import ProviderRegistry
+from service.settings import Settings
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """Starts the warm R worker pool on first use, so the app starts fast and /health answers at once."""
+
+    def __init__(self, *, settings: Settings, providers: ProviderRegistry, runner: Any = None) -> None:
+        self.settings = settings
+        self.providers = providers
+        self._runner = runner
+        self._owns_runner = runner is None
+        self._runner_error: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def runner(self) -> Any:
+        """The evaluator's runner; raises `SandboxUnavailable` saying why when it cannot start."""
+        if self._runner is not None:
+            return self._runner
+        async with self._lock:
+            if self._runner is None:
+                import evaluator
+
+                try:
+                    self._runner = await evaluator.start_runner(
+                        sandbox=self.settings.sandbox,
+                        workers=self.settings.eval_workers or None,
+                        packages=self.settings.r_packages,
+                    )
+                except evaluator.SandboxUnavailable as exc:
+                    self._runner_error = str(exc)
+                    raise SandboxUnavailable(str(exc)) from exc
+                self._runner_error = None
+        return self._runner
+
+    @property
+    def runner_error(self) -> str | None:
+        return self._runner_error
+
+    async def aclose(self) -> None:
+        await self.providers.aclose()
+        if self._runner is not None and self._owns_runner:
+            await self._runner.aclose()
+            self._runner = None

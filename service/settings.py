@@ -1,0 +1,106 @@
+"""Service configuration, read from the environment once, in `Settings.from_env`.
+
+Provider credentials use the vendor SDKs' own variables, so any OpenAI-compatible
+server (vLLM, llama.cpp server, Ollama) works by setting `OPENAI_BASE_URL`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+__all__ = ["Settings"]
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Provider calls in flight at once, per provider.
+    concurrency: int = 16
+    # Transport retries (429/5xx/timeouts) done by the SDKs, honouring Retry-After.
+    max_retries: int = 4
+    request_timeout_s: float = 300.0
+    # Retries of a call whose reply was unusable (no question found, empty answer).
+    content_retries: int = 2
+
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str | None = None
+    anthropic_model: str = "claude-3-5-haiku-latest"
+    # None: openai if its key is set, else anthropic if its key is set, else local.
+    default_provider: Literal["openai", "anthropic", "local"] | None = None
+
+    local_model_path: str | None = None
+    local_threads: int = 1
+    local_context: int = 8192
+
+    sandbox: Literal["bwrap", "none"] = "bwrap"
+    eval_workers: int = 0  # 0: one per core
+    r_packages: tuple[str, ...] = ("stats", "utils")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        provider = env.get("QASYNTH_PROVIDER") or None
+        if provider not in (None, "openai", "anthropic", "local"):
+            raise ValueError(f"QASYNTH_PROVIDER must be openai, anthropic or local, got {provider!r}")
+        sandbox = env.get("QASYNTH_SANDBOX") or "bwrap"
+        if sandbox not in ("bwrap", "none"):
+            raise ValueError(f"QASYNTH_SANDBOX must be bwrap or none, got {sandbox!r}")
+        packages = tuple(p.strip() for p in env.get("QASYNTH_R_PACKAGES", "stats,utils").split(",") if p.strip())
+        return cls(
+            host=env.get("QASYNTH_HOST") or cls.host,
+            port=_int(env, "QASYNTH_PORT", cls.port),
+            concurrency=_int(env, "QASYNTH_CONCURRENCY", cls.concurrency),
+            max_retries=_int(env, "QASYNTH_MAX_RETRIES", cls.max_retries),
+            request_timeout_s=_float(env, "QASYNTH_REQUEST_TIMEOUT_S", cls.request_timeout_s),
+            content_retries=_int(env, "QASYNTH_CONTENT_RETRIES", cls.content_retries),
+            openai_api_key=env.get("OPENAI_API_KEY") or None,
+            openai_base_url=env.get("OPENAI_BASE_URL") or None,
+            openai_model=env.get("QASYNTH_OPENAI_MODEL") or cls.openai_model,
+            anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
+            anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
+            anthropic_model=env.get("QASYNTH_ANTHROPIC_MODEL") or cls.anthropic_model,
+            default_provider=provider,  # type: ignore[arg-type]
+            local_model_path=env.get("QASYNTH_LOCAL_MODEL") or None,
+            local_threads=_int(env, "QASYNTH_LOCAL_THREADS", cls.local_threads),
+            local_context=_int(env, "QASYNTH_LOCAL_CONTEXT", cls.local_context),
+            sandbox=sandbox,  # type: ignore[arg-type]
+            eval_workers=_int(env, "QASYNTH_EVAL_WORKERS", cls.eval_workers),
+            r_packages=packages,
+        )
+
+    @property
+    def resolved_default_provider(self) -> Literal["openai", "anthropic", "local"]:
+        if self.default_provider is not None:
+            return self.default_provider
+        if self.openai_api_key:
+            return "openai"
+        if self.anthropic_api_key:
+            return "anthropic"
+        return "local"
