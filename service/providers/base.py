@@ -9,13 +9,15 @@ knows what usable means.
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from service.errors import ProviderError, ProviderRejected, ProviderUnavailable
 from service.wire.base import Usage
 
-__all__ = ["Completion", "CompletionRequest", "Message", "Provider"]
+__all__ = ["Completion", "CompletionRequest", "Message", "Provider", "translate_sdk_error"]
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -56,3 +58,20 @@ class Provider(Protocol):
     def describe(self) -> dict[str, str]:
         """What /ready reports: never secrets."""
         ...
+
+
+def translate_sdk_error(exc: Exception, *, sdk: ModuleType, provider: str) -> ProviderError:
+    """Map what is left after an official SDK's own retries onto our tree, keeping the vendor's message.
+
+    The openai and anthropic SDKs share their exception names, so one mapping serves both.
+    """
+    if isinstance(exc, sdk.APIStatusError):
+        message = f"{exc.status_code} from the {provider} API: {exc.message}"
+        if exc.status_code in (400, 401, 403, 404, 422):
+            return ProviderRejected(message, provider=provider)
+        return ProviderUnavailable(message, provider=provider)
+    if isinstance(exc, sdk.APITimeoutError):
+        return ProviderUnavailable(f"the {provider} API timed out after retries", provider=provider)
+    if isinstance(exc, sdk.APIConnectionError):
+        return ProviderUnavailable(f"could not reach the {provider} API: {exc}", provider=provider)
+    return ProviderUnavailable(f"{provider} API error: {exc}", provider=provider)

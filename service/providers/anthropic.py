@@ -1,0 +1,92 @@
+"""Anthropic messages API.
+
+The system prompt (identical across a job's calls) is marked `cache_control:
+ephemeral`, so repeated calls read it from Anthropic's prompt cache; cache reads
+are recorded as `cached_tokens`. Anthropic has no seed parameter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import anthropic
+
+from service.errors import ProviderNotConfigured
+from service.providers.base import Completion, CompletionRequest, translate_sdk_error
+from service.settings import Settings
+from service.wire.base import Usage
+
+__all__ = ["AnthropicProvider"]
+
+
+class AnthropicProvider:
+    name = "anthropic"
+    default_model: str
+
+    def __init__(
+        self, client: anthropic.AsyncAnthropic, *, default_model: str, concurrency: int = 16
+    ) -> None:
+        self.default_model = default_model
+        self._client = client
+        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AnthropicProvider:
+        if not (settings.anthropic_api_key or settings.anthropic_base_url):
+            raise ProviderNotConfigured(
+                "the anthropic provider needs ANTHROPIC_API_KEY", provider="anthropic", field="model.provider"
+            )
+        client = anthropic.AsyncAnthropic(
+            api_key=settings.anthropic_api_key or "unused",
+            base_url=settings.anthropic_base_url,
+            max_retries=settings.max_retries,
+            timeout=settings.request_timeout_s,
+        )
+        return cls(client, default_model=settings.anthropic_model, concurrency=settings.concurrency)
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        system: list[Any] = [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}]
+        messages: list[Any] = [{"role": m.role, "content": m.content} for m in request.messages]
+        model = request.model or self.default_model
+        async with self._slots:
+            started = time.perf_counter()
+            try:
+                response = await self._client.messages.create(
+                    model=model,
+                    system=system,
+                    messages=messages,
+                    max_tokens=request.max_tokens,
+                    temperature=min(request.temperature, 1.0),
+                )
+            except anthropic.AnthropicError as exc:
+                raise translate_sdk_error(exc, sdk=anthropic, provider=self.name) from exc
+            latency_ms = (time.perf_counter() - started) * 1000
+        text = "".join(block.text for block in response.content if getattr(block, "type", None) == "text")
+        u = response.usage
+        cache_read = getattr(u, "cache_read_input_tokens", None) or 0
+        cache_write = getattr(u, "cache_creation_input_tokens", None) or 0
+        return Completion(
+            text=text,
+            model=response.model or model,
+            # Anthropic counts cached prompt tokens apart from input_tokens; report the whole prompt.
+            usage=Usage(
+                input_tokens=(u.input_tokens or 0) + cache_read + cache_write,
+                output_tokens=u.output_tokens or 0,
+                cached_tokens=cache_read,
+            ),
+            latency_ms=latency_ms,
+            finish_reason=response.stop_reason,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "base_url": str(self._client.base_url),
+            "default_model": self.default_model,
+            "concurrency": str(self._concurrency),
+        }
