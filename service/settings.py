@@ -72,7 +72,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         sandbox = env.get("QASYNTH_SANDBOX") or "bwrap"
         if sandbox not in ("bwrap", "none"):
             raise ValueError(f"QASYNTH_SANDBOX must be bwrap or none, got {sandbox!r}")
-        packages = tuple(p.strip() for p in env.get("QASYNTH_R_PACKAGES", "stats,utils").split(",") if p.strip())
+        packages = tuple(
+            p.strip() for p in env.get("QASYNTH_R_PACKAGES", "stats,utils").split(",") if p.strip()
+        )
         return cls(
             host=env.get("QASYNTH_HOST") or cls.host,
             port=_int(env, "QASYNTH_PORT", cls.port),

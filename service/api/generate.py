@@ -1,7 +1,73 @@
-"""Routes for /v1/generate."""
+"""POST /v1/generate: a spec in, pairs out — as one JSON body or as an NDJSON event stream."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
 
-routes: list[Any] = []
+import msgspec
+from litestar import Request, Response, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.response import Stream
+
+from service.errors import ProviderRejected, ProviderUnavailable
+from service.runtime import Runtime
+from service.stages.pipeline import Evaluate, collect, run_job
+from service.stages.spec import resolve_spec
+from service.wire.evaluate import Evaluation
+from service.wire.generate import Event, GenerateResponse, Spec
+
+__all__ = ["routes"]
+
+NDJSON = "application/x-ndjson"
+
+
+async def _ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    encoder = msgspec.json.Encoder()
+    async for event in events:
+        yield encoder.encode(event) + b"\n"
+
+
+def _raise_if_provider_failed_everything(response: GenerateResponse, provider: str) -> None:
+    """A job whose every item failed at the provider is the provider's failure: 502, not an empty 200."""
+    reasons = {item.reason for item in response.failed}
+    if response.pairs or not reasons or not reasons <= {"provider_rejected", "provider_unavailable"}:
+        return
+    first = response.failed[0].detail
+    cls = ProviderRejected if "provider_rejected" in reasons else ProviderUnavailable
+    raise cls(f"every model call failed; first error: {first}", provider=provider)
+
+
+@post(
+    "/v1/generate",
+    summary="Generate question/answer pairs from a spec",
+    description=(
+        "Questions per task × theme cell, ROUGE-L dedup, answers, sandboxed R evaluation. "
+        f"Send `Accept: {NDJSON}` to receive progress events, one JSON object per line, ending with `done`."
+    ),
+    tags=["generate"],
+    status_code=200,
+    responses={
+        200: ResponseSpec(data_container=GenerateResponse, description="All pairs, dropped and failed items")
+    },
+)
+async def generate(data: Spec, request: Request, runtime: Runtime) -> Response[GenerateResponse]:
+    job = resolve_spec(data)
+    provider = runtime.providers.get(data.model.provider)
+    evaluate: Evaluate | None = None
+    if data.evaluation.enabled:
+        from service.stages.evaluate import evaluate_answer  # TEMP-LAZY
+
+        runner = await runtime.runner()
+
+        async def evaluate(task: str, answer: str) -> Evaluation:
+            return await evaluate_answer(runner, task=task, answer=answer)
+
+    events = run_job(job, provider, evaluate=evaluate, retries=runtime.settings.content_retries)
+    if NDJSON in request.headers.get("accept", ""):
+        return Stream(_ndjson(events), media_type=NDJSON)
+    response = await collect(events)
+    _raise_if_provider_failed_everything(response, provider.name)
+    return Response(response)
+
+
+routes = [generate]

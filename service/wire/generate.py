@@ -21,6 +21,7 @@ __all__ = [
     "DedupSettings",
     "Done",
     "Dropped",
+    "Evaluated",
     "Event",
     "Failed",
     "FewShot",
@@ -128,6 +129,8 @@ class StepProvenance(Base):
     usage: Usage
     latency_ms: float
     attempts: int = 1
+    # Questions come several to a call; usage and latency are the whole call's, shared by this many.
+    batch_size: int = 1
 
 
 class Provenance(Base):
@@ -229,6 +232,12 @@ class AnswerGenerated(Base, tag="answer_generated", tag_field="event"):
     id: str
 
 
+class Evaluated(Base, tag="evaluated", tag_field="event"):
+    id: str
+    verdict: str
+    flagged: bool
+
+
 class PairReady(Base, tag="pair", tag_field="event"):
     """A finished pair (evaluated when evaluation is on): the client may keep it now."""
 
@@ -250,4 +259,4 @@ class Done(Base, tag="done", tag_field="event"):
     spec_sha256: str
 
 
-Event = CellStarted | QuestionGenerated | AnswerGenerated | PairReady | Dropped | Failed | Done
+Event = CellStarted | QuestionGenerated | AnswerGenerated | Evaluated | PairReady | Dropped | Failed | Done

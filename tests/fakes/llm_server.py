@@ -1,0 +1,218 @@
+"""A language-model server on loopback that speaks the real OpenAI and Anthropic wire protocols.
+
+The official SDKs talk to it over real HTTP, so their request building, retries
+(429 with Retry-After, 5xx), timeouts and response parsing all run for real. What it
+answers is scripted: varied questions under `### Qn` headings for question calls and
+an answer with a runnable ```r block for answer calls, or any fault queued with
+`fail_next`. It records every request so tests can check what reached the provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+__all__ = ["FakeLLMServer", "Fault", "RecordedCall", "default_reply"]
+
+WORDS = (
+    "sample mean variance median quantile residual estimate interval model predictor response factor level "
+    "group treatment control trial outcome dose weight height income score rate count proportion survey "
+    "patient student plant batch sensor city store region season week month year experiment replicate "
+    "baseline effect slope intercept deviance likelihood prior skew kurtosis outlier trimmed robust paired "
+    "independent pooled welch exact approximate continuity correction bootstrap permutation simulation seed "
+    "vector matrix frame column row subset merge order rank table tally bin histogram density curve"
+).split()
+JA_WORDS = (
+    "標本 平均 分散 中央値 分位点 残差 推定 区間 モデル 説明変数 目的変数 因子 水準 群 処置 対照 試行 結果 用量 "
+    "体重 身長 収入 得点 割合 件数 調査 患者 学生 植物 センサー 都市 店舗 地域 季節 週 月 年 実験 反復 基準 効果 "
+    "傾き 切片 尤度 外れ値 頑健 対応 独立 並べ替え 乱数 行列 列 行 集計 度数 密度 曲線"
+).split()
+
+
+@dataclass
+class Fault:
+    """One scripted misbehaviour for the next matching request."""
+
+    kind: Literal["status", "malformed", "empty", "slow"]
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    body: str = ""
+
+
+@dataclass
+class RecordedCall:
+    protocol: str
+    system: str
+    user: str
+    body: dict[str, Any]
+
+
+def _rng(*parts: str) -> random.Random:
+    return random.Random(hashlib.sha256("\x1f".join(parts).encode()).digest())
+
+
+def default_reply(system: str, user: str) -> str:
+    """Questions when the prompt asks for `### Qn` headings, else an answer with runnable R code."""
+    japanese = bool(re.search(r"[\u3040-\u30ff]", user))
+    words = JA_WORDS if japanese else WORDS
+    joiner = "" if japanese else " "
+    if "### Q1" in system:
+        m = re.search(r"Write (\d+) new", user) or re.search(r"新しい問題を (\d+) 個", user)
+        count = int(m.group(1)) if m else 1
+        rng = _rng(user, str(time.perf_counter_ns()))
+        blocks = []
+        for i in range(1, count + 1):
+            text = joiner.join(rng.choice(words) for _ in range(18))
+            blocks.append(f"### Q{i}\n{text}?")
+        return "\n\n".join(blocks)
+    rng = _rng(user)
+    prose = joiner.join(rng.choice(words) for _ in range(40))
+    values = ", ".join(str(rng.randint(1, 99)) for _ in range(6))
+    return f"{prose}\n\n```r\nx <- c({values})\nprint(mean(x))\nprint(var(x))\n```\n\n{prose[::-1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        owner = self.server.owner
+        if self.path.rstrip("/").endswith("/chat/completions"):
+            protocol = "openai"
+            system = "\n".join(m["content"] for m in body["messages"] if m["role"] == "system")
+            user = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
+        elif self.path.rstrip("/").endswith("/v1/messages"):
+            protocol = "anthropic"
+            raw = body.get("system", "")
+            system = raw if isinstance(raw, str) else "".join(b.get("text", "") for b in raw)
+            user = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
+        else:
+            self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            return
+        fault, cached = owner._record(RecordedCall(protocol=protocol, system=system, user=user, body=body))
+        time.sleep(owner.latency_s + (fault.delay_s if fault and fault.kind == "slow" else 0.0))
+        if fault and fault.kind == "status":
+            error = {"message": fault.body or f"scripted {fault.status}", "type": "api_error"}
+            payload = {"error": error} if protocol == "openai" else {"type": "error", "error": error}
+            self._send(fault.status, payload, fault.headers)
+            return
+        if fault and fault.kind == "malformed":
+            text = fault.body or "Sorry, I cannot help with that."
+        elif fault and fault.kind == "empty":
+            text = ""
+        else:
+            text = owner.reply(system, user)
+        model = body.get("model", "fake-model")
+        prompt_tokens = (len(system) + len(user)) // 4 + 1
+        out_tokens = len(text) // 4 + 1
+        cached_tokens = len(system) // 4 if cached else 0
+        if protocol == "openai":
+            payload = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": out_tokens,
+                    "total_tokens": prompt_tokens + out_tokens,
+                    "prompt_tokens_details": {"cached_tokens": cached_tokens},
+                },
+            }
+        else:
+            payload = {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": prompt_tokens - cached_tokens,
+                    "output_tokens": out_tokens,
+                    "cache_read_input_tokens": cached_tokens,
+                    "cache_creation_input_tokens": 0,
+                },
+            }
+        self._send(200, payload)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+    owner: FakeLLMServer
+
+
+class FakeLLMServer:
+    """Start with `with FakeLLMServer() as server:`; `openai_base_url` / `anthropic_base_url` point SDKs at it."""
+
+    def __init__(self, *, latency_s: float = 0.0, reply: Callable[[str, str], str] = default_reply) -> None:
+        self.latency_s = latency_s
+        self.reply = reply
+        self.calls: list[RecordedCall] = []
+        self._faults: deque[Fault] = deque()
+        self._systems: set[str] = set()
+        self._lock = threading.Lock()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.owner = self
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail_next(self, *faults: Fault) -> None:
+        with self._lock:
+            self._faults.extend(faults)
+
+    def _record(self, call: RecordedCall) -> tuple[Fault | None, bool]:
+        with self._lock:
+            self.calls.append(call)
+            cached = call.system in self._systems
+            self._systems.add(call.system)
+            return (self._faults.popleft() if self._faults else None), cached
+
+    def __enter__(self) -> FakeLLMServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
