@@ -152,7 +152,8 @@ class LocalProvider:
                 except Exception as exc:
                     self._status = f"failed: {exc}"
                     raise ProviderUnavailable(
-                        f"the local model could not start: {exc}", provider=self.name
+                        f"the local model {self.describe()['model_file']} could not start: {exc}",
+                        provider=self.name,
                     ) from exc
                 self._load_s = time.perf_counter() - started
                 self._delegate = self._make_delegate(self._loaded.base_url)
