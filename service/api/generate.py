@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator
 
 import msgspec
 from litestar import Request, Response, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import JSONBody
 from litestar.response import Stream
 
 from service.errors import ProviderRejected, ProviderUnavailable
@@ -50,7 +52,9 @@ def _raise_if_provider_failed_everything(response: GenerateResponse, provider: s
         200: ResponseSpec(data_container=GenerateResponse, description="All pairs, dropped and failed items")
     },
 )
-async def generate(data: Spec, request: Request, runtime: Runtime) -> Response[GenerateResponse]:
+async def generate(
+    data: JSONBody[Spec], request: Request, runtime: NamedDependency[Runtime]
+) -> Response[GenerateResponse]:
     job = resolve_spec(data)
     provider = runtime.providers.get(data.model.provider)
     evaluate: Evaluate | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from service.errors import SandboxUnavailable
 from service.runtime import Runtime
@@ -30,7 +31,7 @@ def health_check() -> Health:
 
 
 @get("/ready", summary="Readiness: R, the sandbox and the configured providers", tags=["health"])
-async def ready(runtime: Runtime) -> Response[Ready]:
+async def ready(runtime: NamedDependency[Runtime]) -> Response[Ready]:
     try:
         runner = await runtime.runner()
         sandbox = {"status": "ok", **runner.describe()}

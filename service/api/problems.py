@@ -82,6 +82,8 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Probl
             status=exc.status_code,
             detail=str(exc.detail),
             instance=request.url.path,
+            # A 400 that is not a field validation error is a body that could not be decoded at all.
+            field="body" if exc.status_code == 400 else None,
         )
     )
 

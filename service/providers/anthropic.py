@@ -59,7 +59,8 @@ class AnthropicProvider:
                     system=system,
                     messages=messages,
                     max_tokens=request.max_tokens,
-                    temperature=min(request.temperature, 1.0),
+                    # Sent in the body: recent SDKs dropped the keyword, the API still reads it.
+                    extra_body={"temperature": min(request.temperature, 1.0)},
                 )
             except anthropic.AnthropicError as exc:
                 raise translate_sdk_error(exc, sdk=anthropic, provider=self.name) from exc

@@ -1,0 +1,33 @@
+"""Shared fixtures: a fake model server on loopback and apps wired to it through the real SDKs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from service.settings import Settings
+from tests.fakes.llm_server import FakeLLMServer
+
+
+@pytest.fixture
+def llm_server() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer() as server:
+        yield server
+
+
+def settings_for(server: FakeLLMServer, **overrides: object) -> Settings:
+    """Settings whose openai and anthropic providers both talk to `server`, with quick retries."""
+    values: dict[str, object] = {
+        "openai_api_key": "sk-test",
+        "openai_base_url": server.openai_base_url,
+        "anthropic_api_key": "sk-ant-test",
+        "anthropic_base_url": server.anthropic_base_url,
+        "default_provider": "openai",
+        "max_retries": 2,
+        "request_timeout_s": 5.0,
+        "openai_model": "fake-gpt",
+        "anthropic_model": "fake-claude",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
