@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import ProviderError, ProviderRejected
@@ -91,6 +92,21 @@ class _Filter:
             await loop.run_in_executor(self._executor, self._dedup.add_existing, self._existing)
         decision = await loop.run_in_executor(self._executor, self._dedup.offer, item_id, text)
         return decision.kept, decision.nearest_id, decision.score
+
+
+# Question calls in flight at once for one cell: later calls see fewer earlier questions in their
+# avoid-list, so a few lanes trade a little variety for not serialising a large cell.
+MAX_LANES_PER_CELL = 4
+
+
+@dataclass
+class _CellState:
+    max_calls: int
+    kept: int = 0
+    reserved: int = 0
+    calls: int = 0
+    last_problem: str = ""
+    asked: list[str] = field(default_factory=list)
 
 
 class _Run:
@@ -175,19 +191,38 @@ class _Run:
     # -- stages
 
     async def cell(self, cell: Cell, tg: asyncio.TaskGroup) -> None:
-        task, theme = self.job.tasks[cell.task], self.job.themes[cell.theme]
+        """Run a few question lanes for the cell at once; each kept question starts its answer at once."""
         self.emit(CellStarted(task=cell.task, theme=cell.theme, count=cell.count))
         per_call = self.job.spec.model.questions_per_call
+        calls_needed = math.ceil(cell.count / per_call)
         # Room for duplicates and bad replies: twice the calls the count needs, plus one.
-        max_calls = 2 * math.ceil(cell.count / per_call) + 1 if cell.count else 0
-        asked: list[str] = []
-        kept = calls = 0
-        last_problem = ""
-        while kept < cell.count and calls < max_calls:
+        state = _CellState(max_calls=2 * calls_needed + 1 if cell.count else 0)
+        lanes = min(calls_needed, MAX_LANES_PER_CELL)
+        await asyncio.gather(*(self._lane(cell, state, tg) for _ in range(lanes)))
+        problem = state.last_problem
+        reason = problem.split(":", 1)[0] if problem.startswith("provider_") else "questions_exhausted"
+        for _ in range(cell.count - state.kept):
+            self._fail(
+                cell,
+                "question",
+                reason,
+                f"{state.kept} of {cell.count} distinct questions after {state.calls} calls; last problem: "
+                + (problem or "near-duplicates only"),
+                question=None,
+                attempts=state.calls,
+            )
+
+    async def _lane(self, cell: Cell, state: _CellState, tg: asyncio.TaskGroup) -> None:
+        task, theme = self.job.tasks[cell.task], self.job.themes[cell.theme]
+        per_call = self.job.spec.model.questions_per_call
+        # kept + reserved never exceeds the count, so lanes never overshoot it.
+        while state.kept + state.reserved < cell.count and state.calls < state.max_calls:
             if self.rejected is not None:
-                last_problem = f"provider_rejected: {self.rejected.provider}: {self.rejected.detail}"
-                break
-            calls += 1
+                state.last_problem = f"provider_rejected: {self.rejected.provider}: {self.rejected.detail}"
+                return
+            want = min(per_call, cell.count - state.kept - state.reserved)
+            state.reserved += want
+            state.calls += 1
             try:
                 call = await generate_questions(
                     self.provider,
@@ -195,28 +230,30 @@ class _Run:
                     self.q_template,
                     task,
                     theme,
-                    count=min(per_call, cell.count - kept),
-                    avoid=asked,
+                    count=want,
+                    avoid=list(state.asked),
                     retries=self.retries,
                 )
             except MalformedReply as exc:
+                state.reserved -= want
                 self.usage = self.usage + exc.usage
-                last_problem = f"malformed_reply: {exc.reason}"
+                state.last_problem = f"malformed_reply: {exc.reason}"
                 continue
             except ProviderError as exc:
+                state.reserved -= want
                 reason, detail = self._provider_failure(exc)
-                last_problem = f"{reason}: {detail}"
+                state.last_problem = f"{reason}: {detail}"
                 continue
             self.usage = self.usage + call.usage
+            state.reserved -= want - len(call.value)
             provenance = self._step(self.q_template, call, batch_size=len(call.value))
             for question in call.value:
-                if kept == cell.count:
-                    break
-                asked.append(question)
+                state.asked.append(question)
                 self.counts.questions_generated += 1
                 qid = question_id(cell.task, cell.theme, question)
                 self.emit(QuestionGenerated(task=cell.task, theme=cell.theme, id=qid, question=question))
                 is_kept, nearest, score = await self.q_filter.offer(qid, question)
+                state.reserved -= 1
                 if not is_kept:
                     self.counts.questions_dropped += 1
                     item = ItemDropped(
@@ -231,21 +268,8 @@ class _Run:
                     )
                     self._drop(cell, item, slot=False)
                     continue
-                kept += 1
+                state.kept += 1
                 tg.create_task(self.answer(cell, task, theme, qid, question, provenance))
-        reason = (
-            last_problem.split(":", 1)[0] if last_problem.startswith("provider_") else "questions_exhausted"
-        )
-        for _ in range(cell.count - kept):
-            self._fail(
-                cell,
-                "question",
-                reason,
-                f"{kept} of {cell.count} distinct questions after {calls} calls; last problem: "
-                + (last_problem or "near-duplicates only"),
-                question=None,
-                attempts=calls,
-            )
 
     async def answer(
         self,
