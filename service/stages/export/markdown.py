@@ -85,9 +85,9 @@ def safe_markdown(text: str) -> str:
             i += 1
         i += 1  # the closing fence, or past the end when the block was never closed
         if prose:
-            blocks.append("\n".join(prose))
+            blocks.append("\n".join(prose).strip("\n"))
             prose = []
         blocks.append(code_block("\n".join(code), info.split(" ")[0] if info else ""))
     if prose:
-        blocks.append("\n".join(prose))
+        blocks.append("\n".join(prose).strip("\n"))
     return "\n\n".join(b for b in blocks if b.strip())
