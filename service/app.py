@@ -19,7 +19,7 @@ from service.providers.registry import ProviderRegistry
 from service.runtime import Runtime
 from service.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "openapi_json"]
 
 log = logging.getLogger("qasynth")
 
@@ -71,3 +71,11 @@ def create_app(
         ),
         debug=False,
     )
+
+
+def openapi_json() -> str:
+    """The OpenAPI document generated from the app, as committed in `openapi/openapi.json`."""
+    import json
+
+    schema = create_app(Settings()).openapi_schema.to_schema()
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -10,6 +10,23 @@ from service.settings import Settings
 from tests.fakes.llm_server import FakeLLMServer
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        help="also run tests marked slow (real local model, Label Studio, Chromium); the README's test command does",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def llm_server() -> Iterator[FakeLLMServer]:
     with FakeLLMServer() as server:

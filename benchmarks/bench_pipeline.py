@@ -1,0 +1,121 @@
+"""Pipeline throughput against the ideal, side by side with a plain asyncio loop, in one run.
+
+A fake OpenAI server on loopback answers every call after a fixed latency. Each pair
+costs two calls (one question, one answer), so with C calls in flight the ideal is
+C / (2 × latency) pairs/s. Three runs, one after the other on the same server:
+
+  plain     asyncio.gather over N (question call → answer call) chains, openai SDK, semaphore C:
+            the best a hand-written loop does;
+  qasynth   POST /v1/generate through the real app (spec, prompts, dedup, NDJSON-free JSON response);
+  barrier   the same chains with a stage barrier (all questions, then all answers), for scale.
+
+Usage: python benchmarks/bench_pipeline.py [--pairs 200] [--concurrency 16] [--latency 0.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import openai
+from litestar.testing import AsyncTestClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.app import create_app
+from service.settings import Settings
+from tests.fakes.llm_server import FakeLLMServer
+
+
+async def plain(server: FakeLLMServer, pairs: int, concurrency: int) -> float:
+    client = openai.AsyncOpenAI(api_key="x", base_url=server.openai_base_url, max_retries=0)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def call(prompt: str) -> str:
+        async with slots:
+            r = await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": prompt}], max_tokens=50
+            )
+            return r.choices[0].message.content or ""
+
+    async def chain(i: int) -> None:
+        question = await call(f"question {i}")
+        await call(f"answer {question[:50]} {i}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(chain(i) for i in range(pairs)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return elapsed
+
+
+async def barrier(server: FakeLLMServer, pairs: int, concurrency: int) -> float:
+    client = openai.AsyncOpenAI(api_key="x", base_url=server.openai_base_url, max_retries=0)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def call(prompt: str) -> str:
+        async with slots:
+            r = await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": prompt}], max_tokens=50
+            )
+            return r.choices[0].message.content or ""
+
+    started = time.perf_counter()
+    questions = await asyncio.gather(*(call(f"question {i}") for i in range(pairs)))
+    await asyncio.gather(*(call(f"answer {q[:50]} {i}") for i, q in enumerate(questions)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return elapsed
+
+
+async def qasynth(server: FakeLLMServer, pairs: int, concurrency: int) -> tuple[float, int]:
+    themes = [{"id": f"theme-{i}", "description": f"statistics topic number {i}"} for i in range(pairs // 10)]
+    spec = {
+        "tasks": [{"id": "generate"}],
+        "themes": themes,
+        "per_cell": 10,
+        "model": {"provider": "openai", "questions_per_call": 1},
+        "evaluation": {"enabled": False},
+    }
+    settings = Settings(
+        openai_api_key="x", openai_base_url=server.openai_base_url, concurrency=concurrency, max_retries=0
+    )
+    async with AsyncTestClient(create_app(settings), timeout=600) as client:
+        started = time.perf_counter()
+        response = await client.post("/v1/generate", json=spec)
+        elapsed = time.perf_counter() - started
+    response.raise_for_status()
+    return elapsed, len(response.json()["pairs"])
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--latency", type=float, default=0.2)
+    args = parser.parse_args()
+    ideal = args.concurrency / (2 * args.latency)
+    print(f"N={args.pairs} pairs, C={args.concurrency}, latency {args.latency * 1000:.0f} ms")
+    print(f"ideal: {ideal:.1f} pairs/s")
+    with FakeLLMServer(latency_s=args.latency) as server:
+        t_plain = await plain(server, args.pairs, args.concurrency)
+        t_ours, produced = await qasynth(server, args.pairs, args.concurrency)
+        t_barrier = await barrier(server, args.pairs, args.concurrency)
+    for name, elapsed, n in (
+        ("plain asyncio + openai SDK", t_plain, args.pairs),
+        ("qasynth /v1/generate", t_ours, produced),
+        ("stage barrier", t_barrier, args.pairs),
+    ):
+        rate = n / elapsed
+        print(
+            f"{name:28s} {n:4d} pairs in {elapsed:6.2f} s = {rate:5.1f} pairs/s = {rate / ideal:6.1%} of ideal"
+        )
+    if produced != args.pairs:
+        raise SystemExit(f"qasynth returned {produced} of {args.pairs} pairs")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

