@@ -9,8 +9,8 @@ in the same order, so decisions match rouge-score bit for bit, also at exactly t
 Speed comes from never computing most LCSs. Every kept text is interned once into a string of
 one code point per token (rapidfuzz's bit-parallel LCS works on those), and indexed by its
 tokens with repeats numbered (`the#1`, `the#2`), so one bincount over the query's postings gives,
-for every kept text, the size of the multiset intersection: an upper bound on the LCS. The F of
-that bound (same formula, and F grows with LCS) bounds the true F. Candidates are taken in
+for every kept text, the size of the multiset intersection: an upper bound on the LCS, hence
+(F grows with LCS) on F. Candidates are taken in
 decreasing bound order and the exact LCS is computed only while a bound can still beat the best
 score found, so `score` and `nearest_id` are the exact maximum, not an approximation.
 """
@@ -27,7 +27,9 @@ from service.stages.dedup._tokenize import resolve, tokenize
 
 __all__ = ["Decision", "Deduplicator", "deduplicate", "rouge_f"]
 
-_CHUNK = 32
+_PROBES = 3  # single best-bound probes before sorting the survivors
+_SMALL = 24  # below this many candidates, sort them all at once
+_TWO_UP = 2 * (1 + 1e-12)
 # Code points for interned tokens skip the surrogate block so every sequence is a clean str.
 _SURROGATES = range(0xD800, 0xE000)
 _UNKNOWN = "\U0010ffff"  # a token no kept text has: can never match
@@ -133,19 +135,24 @@ class _Index:
         hits = np.concatenate(parts) if len(parts) > 1 else parts[0]
         overlap = np.bincount(hits)
         cand = np.flatnonzero(overlap)
-        inter = overlap[cand]
-        # The F of the overlap bound, with the same operations as rouge_f, elementwise.
-        precision = inter / self._lens[cand]
-        recall = inter / m
-        bound = 2 * precision * recall / (precision + recall)
+        # 2*ov/(m+n) is the F of the overlap; inflated by 1e-12 it stays above rouge-score's float F
+        # (which is within a few ulps of the same rational), so it is a safe bound in float arithmetic.
+        bound = overlap[cand] * _TWO_UP / (self._lens[cand] + m)
 
         best, best_pos = 0.0, -1
-        if cand.size > _CHUNK:
-            # Probe the most promising few first, then keep only what can still beat them.
-            top = np.argpartition(bound, cand.size - _CHUNK)[-_CHUNK:]
-            best, best_pos = self._scan(seq, cand[top], bound[top], best, best_pos)
-            alive = (bound > best) | ((bound == best) & (cand < best_pos))
-            alive[top] = False
+        seqs = self._seqs
+        for _ in range(_PROBES):
+            # Probe the most promising candidate, then keep only what can still reach the best so far.
+            if cand.size <= _SMALL:
+                break
+            i = int(bound.argmax())
+            c = int(cand[i])
+            other = seqs[c]
+            f = rouge_f(LCSseq.similarity(seq, other), m, len(other))
+            if f > best or (f == best and c < best_pos):
+                best, best_pos = f, c
+            alive = bound >= best
+            alive[i] = False
             cand, bound = cand[alive], bound[alive]
         return self._scan(seq, cand, bound, best, best_pos)
 
