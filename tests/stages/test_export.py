@@ -202,3 +202,28 @@ def test_question_and_evidence_fields_are_safe_too() -> None:
     assert unsafe_tags(task["data"]["evidence_md"]) == []
     record = decode(export("argilla", [pair("q", question="<script>alert(1)</script>")]).body())["records"][0]
     assert unsafe_tags(record["fields"]["question"]) == []
+
+
+def test_training_files_load_with_datasets(tmp_path) -> None:
+    import datasets
+
+    pairs = mixed()
+    for fmt, name in (("hf-jsonl", "train.jsonl"), ("openai", "openai.jsonl"), ("sharegpt", "sg.jsonl")):
+        (tmp_path / name).write_bytes(export(fmt, pairs).body())
+    (tmp_path / "train.parquet").write_bytes(export("hf-parquet", pairs).body())
+    cache = str(tmp_path / "cache")
+    hf = datasets.load_dataset(
+        "json", data_files=str(tmp_path / "train.jsonl"), split="train", cache_dir=cache
+    )
+    pq_ds = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "train.parquet"), split="train", cache_dir=cache
+    )
+    assert hf.num_rows == pq_ds.num_rows == 5
+    assert hf["id"] == pq_ds["id"]
+    assert pq_ds[0]["messages"][1]["role"] == "assistant"
+    chat = datasets.load_dataset(
+        "json", data_files=str(tmp_path / "openai.jsonl"), split="train", cache_dir=cache
+    )
+    assert chat.column_names == ["messages"]
+    sg = datasets.load_dataset("json", data_files=str(tmp_path / "sg.jsonl"), split="train", cache_dir=cache)
+    assert sg[0]["conversations"][0]["from"] == "human"
