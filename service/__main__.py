@@ -204,7 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv.insert(0, "serve")
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    from service.settings import SettingsError
+
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"qasynth: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the service cannot use; the message names it."""
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -22,7 +26,7 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -32,7 +36,7 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -66,34 +70,35 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        defaults = cls()
         provider = env.get("QASYNTH_PROVIDER") or None
         if provider not in (None, "openai", "anthropic", "local"):
-            raise ValueError(f"QASYNTH_PROVIDER must be openai, anthropic or local, got {provider!r}")
+            raise SettingsError(f"QASYNTH_PROVIDER must be openai, anthropic or local, got {provider!r}")
         sandbox = env.get("QASYNTH_SANDBOX") or "bwrap"
         if sandbox not in ("bwrap", "none"):
-            raise ValueError(f"QASYNTH_SANDBOX must be bwrap or none, got {sandbox!r}")
+            raise SettingsError(f"QASYNTH_SANDBOX must be bwrap or none, got {sandbox!r}")
         packages = tuple(
             p.strip() for p in env.get("QASYNTH_R_PACKAGES", "stats,utils").split(",") if p.strip()
         )
         return cls(
-            host=env.get("QASYNTH_HOST") or cls.host,
-            port=_int(env, "QASYNTH_PORT", cls.port),
-            concurrency=_int(env, "QASYNTH_CONCURRENCY", cls.concurrency),
-            max_retries=_int(env, "QASYNTH_MAX_RETRIES", cls.max_retries),
-            request_timeout_s=_float(env, "QASYNTH_REQUEST_TIMEOUT_S", cls.request_timeout_s),
-            content_retries=_int(env, "QASYNTH_CONTENT_RETRIES", cls.content_retries),
+            host=env.get("QASYNTH_HOST") or defaults.host,
+            port=_int(env, "QASYNTH_PORT", defaults.port),
+            concurrency=_int(env, "QASYNTH_CONCURRENCY", defaults.concurrency),
+            max_retries=_int(env, "QASYNTH_MAX_RETRIES", defaults.max_retries),
+            request_timeout_s=_float(env, "QASYNTH_REQUEST_TIMEOUT_S", defaults.request_timeout_s),
+            content_retries=_int(env, "QASYNTH_CONTENT_RETRIES", defaults.content_retries),
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
-            openai_model=env.get("QASYNTH_OPENAI_MODEL") or cls.openai_model,
+            openai_model=env.get("QASYNTH_OPENAI_MODEL") or defaults.openai_model,
             anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
             anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
-            anthropic_model=env.get("QASYNTH_ANTHROPIC_MODEL") or cls.anthropic_model,
+            anthropic_model=env.get("QASYNTH_ANTHROPIC_MODEL") or defaults.anthropic_model,
             default_provider=provider,  # type: ignore[arg-type]
             local_model_path=env.get("QASYNTH_LOCAL_MODEL") or None,
-            local_threads=_int(env, "QASYNTH_LOCAL_THREADS", cls.local_threads),
-            local_context=_int(env, "QASYNTH_LOCAL_CONTEXT", cls.local_context),
+            local_threads=_int(env, "QASYNTH_LOCAL_THREADS", defaults.local_threads),
+            local_context=_int(env, "QASYNTH_LOCAL_CONTEXT", defaults.local_context),
             sandbox=sandbox,  # type: ignore[arg-type]
-            eval_workers=_int(env, "QASYNTH_EVAL_WORKERS", cls.eval_workers),
+            eval_workers=_int(env, "QASYNTH_EVAL_WORKERS", defaults.eval_workers),
             r_packages=packages,
         )
 
