@@ -6,6 +6,7 @@
     │   ├── ProviderNotConfigured   the named provider has no credentials or runtime (400)
     │   ├── ProviderUnavailable     transport failures, 5xx and 429 after retries (502)
     │   └── ProviderRejected        the provider refused the request: bad key, unknown model (502)
+    ├── LabelStudioFailed     a push to Label Studio was refused or could not connect (502)
     └── SandboxUnavailable    the R sandbox cannot run at all (503)
 
 Expected outcomes are data, not exceptions: a duplicate, an unparsable model reply
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 __all__ = [
     "InvalidInput",
+    "LabelStudioFailed",
     "ProviderError",
     "ProviderNotConfigured",
     "ProviderRejected",
@@ -62,6 +64,13 @@ class ProviderUnavailable(ProviderError):
 
 class ProviderRejected(ProviderError):
     title = "Model provider rejected the request"
+
+
+class LabelStudioFailed(QasynthError):
+    """The detail carries Label Studio's own answer."""
+
+    status_code = 502
+    title = "Label Studio failed"
 
 
 class SandboxUnavailable(QasynthError):

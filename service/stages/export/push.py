@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import httpx
 
-from service.errors import QasynthError
+from service.errors import LabelStudioFailed
 from service.stages.export.base import Export
 from service.wire.export import LabelStudioTarget, PushResult
 
 __all__ = ["LabelStudioFailed", "push_to_label_studio"]
-
-
-class LabelStudioFailed(QasynthError):
-    """Label Studio refused the import or could not be reached; the detail carries its answer."""
-
-    status_code = 502
-    title = "Label Studio failed"
 
 
 def _auth(token: str) -> str:
