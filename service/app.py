@@ -77,5 +77,8 @@ def openapi_json() -> str:
     """The OpenAPI document generated from the app, as committed in `openapi/openapi.json`."""
     import json
 
-    schema = create_app(Settings()).openapi_schema.to_schema()
+    import msgspec
+
+    # msgspec first: schema examples may hold Struct instances that json cannot encode.
+    schema = msgspec.json.decode(msgspec.json.encode(create_app(Settings()).openapi_schema.to_schema()))
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

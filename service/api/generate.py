@@ -11,6 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 from litestar.response import Stream
 
+from service.api.problems import PROBLEM_400, problem_response
 from service.errors import ProviderRejected, ProviderUnavailable
 from service.runtime import Runtime
 from service.stages.pipeline import Evaluate, collect, run_job
@@ -49,7 +50,14 @@ def _raise_if_provider_failed_everything(response: GenerateResponse, provider: s
     tags=["generate"],
     status_code=200,
     responses={
-        200: ResponseSpec(data_container=GenerateResponse, description="All pairs, dropped and failed items")
+        200: ResponseSpec(
+            data_container=GenerateResponse,
+            description="All pairs, dropped and failed items",
+            generate_examples=False,
+        ),
+        400: PROBLEM_400,
+        502: problem_response("The provider failed every call"),
+        503: problem_response("Evaluation asked for, sandbox unavailable"),
     },
 )
 async def generate(

@@ -13,11 +13,19 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from service.errors import ProviderError, QasynthError
 
-__all__ = ["EXCEPTION_HANDLERS", "FieldError", "Problem"]
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "PROBLEM_400",
+    "PROBLEM_MEDIA_TYPE",
+    "FieldError",
+    "Problem",
+    "problem_response",
+]
 
 log = logging.getLogger("qasynth")
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -42,8 +50,20 @@ class Problem(msgspec.Struct, omit_defaults=True):
     provider: str | None = None
 
 
+def problem_response(description: str) -> ResponseSpec:
+    """For a route's `responses=`: documents a problem-details body (no random examples, so the schema is stable)."""
+    return ResponseSpec(
+        Problem, description=description, media_type=PROBLEM_MEDIA_TYPE, generate_examples=False
+    )
+
+
+PROBLEM_400 = problem_response("Invalid request; `field` names the culprit")
+
+
 def _response(problem: Problem) -> Response[Problem]:
-    return Response(problem, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE)
+    return Response(
+        problem, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, generate_examples=False
+    )
 
 
 def _field_errors(extra: Any) -> list[FieldError]:
