@@ -61,9 +61,7 @@ PROBLEM_400 = problem_response("Invalid request; `field` names the culprit")
 
 
 def _response(problem: Problem) -> Response[Problem]:
-    return Response(
-        problem, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, generate_examples=False
-    )
+    return Response(problem, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE)
 
 
 def _field_errors(extra: Any) -> list[FieldError]:
