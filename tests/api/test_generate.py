@@ -298,3 +298,18 @@ async def test_unconfigured_provider_gets_400(llm_server: FakeLLMServer) -> None
     assert response.status_code == 400
     problem = response.json()
     assert problem["field"] == "model.provider" and "ANTHROPIC_API_KEY" in problem["detail"]
+
+
+async def test_japanese_locale_uses_the_japanese_templates(llm_server: FakeLLMServer) -> None:
+    spec = grid_spec(locale="ja", per_cell=2, conventions="", few_shot=[], themes=[{"id": "regression"}])
+    async with AsyncTestClient(create_app(settings_for(llm_server))) as client:
+        response = await client.post("/v1/generate", json=spec)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["pairs"]) == 4 and all(p["locale"] == "ja" for p in body["pairs"])
+    assert body["pairs"][0]["provenance"]["question"]["template_id"] == "question.ja.md"
+    # The built-in Japanese conventions and example reach the model when the spec gives none.
+    assert all("library() や require() は使わない" in c.system for c in llm_server.calls)
+    assert any("日本語で解答を書いてください" in c.user for c in llm_server.calls)
+    # Japanese questions are told apart by the Japanese tokenizer, not collapsed to nothing.
+    assert body["counts"]["questions_dropped"] == 0
