@@ -10,9 +10,9 @@ Speed comes from never computing most LCSs. Every kept text is interned once int
 one code point per token (rapidfuzz's bit-parallel LCS works on those), and indexed by its
 tokens with repeats numbered (`the#1`, `the#2`), so one bincount over the query's postings gives,
 for every kept text, the size of the multiset intersection: an upper bound on the LCS, hence
-(F grows with LCS) on F. Candidates are taken in
-decreasing bound order and the exact LCS is computed only while a bound can still beat the best
-score found, so `score` and `nearest_id` are the exact maximum, not an approximation.
+(F grows with LCS) on F. Candidates are taken in decreasing bound order and the exact LCS is
+computed only while a bound can still reach the best score found, so `score` and `nearest_id`
+are the exact maximum, not an approximation.
 """
 
 from __future__ import annotations
