@@ -8,6 +8,7 @@ offending path (`dedup.threshold`, `tasks[0]`); they are reshaped here into
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -16,7 +17,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from service.errors import ProviderError, QasynthError
+from service.errors import InvalidInput, ProviderError, QasynthError
 
 __all__ = [
     "EXCEPTION_HANDLERS",
@@ -107,7 +108,11 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Probl
 
 
 def _qasynth(request: Request[Any, Any, Any], exc: QasynthError) -> Response[Problem]:
-    slug = type(exc).__name__.replace("_", "-").lower()
+    slug = (
+        "invalid-request"
+        if isinstance(exc, InvalidInput)
+        else re.sub(r"(?<!^)(?=[A-Z])", "-", type(exc).__name__).lower()
+    )
     return _response(
         Problem(
             type=TYPE_BASE + slug,
