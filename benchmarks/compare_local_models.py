@@ -114,19 +114,22 @@ class _BwrapR:
     def _run(self, code: str) -> tuple[bool, str]:
         with tempfile.TemporaryDirectory() as tmp:
             script = Path(tmp) / "answer.R"
-            script.write_text(code)
+            # Plots go to a null device, as in the service's evaluator.
+            script.write_text("pdf(NULL)\n" + code)
             cmd = ["Rscript", "--vanilla", str(script)]
             if self._bwrap:
                 cmd = [
                     self._bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                    "--tmpfs", "/tmp", "--ro-bind", str(script), "/tmp/answer.R",
+                    "--tmpfs", "/tmp", "--ro-bind", str(script), "/tmp/answer.R", "--chdir", "/tmp",
                     "--unshare-all", "--die-with-parent", "Rscript", "--vanilla", "/tmp/answer.R",
                 ]  # fmt: skip
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=self._wall_s, check=False)
             except subprocess.TimeoutExpired:
                 return False, "timeout"
-            return done.returncode == 0, (done.stderr.strip().splitlines() or [""])[-1][:200]
+            lines = done.stderr.strip().splitlines()
+            errors = [line for line in lines if line.startswith("Error")]
+            return done.returncode == 0, ((errors or lines or [""])[-1])[:200]
 
     async def passed(self, task: str, answer: str) -> tuple[bool, str]:
         code = r_code(answer)
@@ -149,7 +152,9 @@ class _ProjectEvaluator:
 
     async def passed(self, task: str, answer: str) -> tuple[bool, str]:
         result = await self._evaluate(self._runner, task=task, answer=answer)
-        return result.verdict == "passed", result.verdict if result.verdict != "passed" else ""
+        if result.verdict == "passed":
+            return True, ""
+        return False, f"{result.verdict}: {result.message or ''}"[:200]
 
     async def aclose(self) -> None:
         await self._runner.aclose()
@@ -158,9 +163,8 @@ class _ProjectEvaluator:
 async def _evaluator(force_bwrap: bool) -> _BwrapR | _ProjectEvaluator:
     if not force_bwrap:
         try:
-            from service.stages.evaluate import evaluate_answer
-
             import evaluator
+            from service.stages.evaluate import evaluate_answer
 
             runner = await evaluator.start_runner(sandbox="bwrap", workers=1, packages=("stats", "utils"))
             return _ProjectEvaluator(runner, evaluate_answer)
@@ -185,13 +189,19 @@ class Row:
 
 
 async def bench_model(
-    model: _gguf.PackagedModel, runner: Any, *, threads: int, max_tokens: int, temperature: float
+    model: _gguf.PackagedModel,
+    runner: Any,
+    *,
+    questions: list[tuple[str, str, str]],
+    threads: int,
+    max_tokens: int,
+    temperature: float,
 ) -> Row:
     provider = LocalProvider(packaged=model, threads=threads)
     row = Row(model=model.model_id, size_mb=model.size / 1e6)
     try:
         jobs = {
-            loc: resolve_spec(Spec(locale=loc, model=_settings(temperature, max_tokens)))
+            loc: resolve_spec(Spec(locale=loc, per_cell=1, model=_settings(temperature, max_tokens)))
             for loc in ("en", "ja")
         }
         templates = {loc: load_template(job, "answer") for loc, job in jobs.items()}
@@ -210,7 +220,7 @@ async def bench_model(
         )  # fmt: skip
         row.prompt_tok_s = probe.usage.input_tokens / (probe.latency_ms / 1000)
         decode_tokens, decode_s = 0, 0.0
-        for locale, theme, question in QUESTIONS:
+        for locale, theme, question in questions:
             job = jobs[locale]
             request = answer_request(
                 job, templates[locale], job.tasks["generate"], job.themes[theme], question=question
@@ -289,9 +299,8 @@ async def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write every answer and verdict here")
     args = parser.parse_args()
 
-    global QUESTIONS
     per_locale = max(1, args.questions // 2)
-    QUESTIONS = [q for q in QUESTIONS if q[0] == "en"][:per_locale] + [q for q in QUESTIONS if q[0] == "ja"][
+    questions = [q for q in QUESTIONS if q[0] == "en"][:per_locale] + [q for q in QUESTIONS if q[0] == "ja"][
         :per_locale
     ]
     ids = args.models or [
@@ -300,7 +309,7 @@ async def main() -> None:
     runner = await _evaluator(args.bwrap)
     print(
         f"R checked by: {runner.kind}; threads={args.threads} temperature={args.temperature} "
-        f"max_tokens={args.max_tokens}; {len(QUESTIONS)} questions",
+        f"max_tokens={args.max_tokens}; {len(questions)} questions",
         flush=True,
     )
     rows = []
@@ -310,6 +319,7 @@ async def main() -> None:
                 await bench_model(
                     _gguf.CANDIDATES[model_id],
                     runner,
+                    questions=questions,
                     threads=args.threads,
                     max_tokens=args.max_tokens,
                     temperature=args.temperature,
