@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from litestar import post
+from litestar.params import JSONBody
 
 from service.errors import InvalidInput
 from service.stages.dedup import deduplicate
@@ -42,7 +43,7 @@ def _check(data: DedupRequest) -> None:
     tags=["dedup"],
     status_code=200,
 )
-async def dedup(data: DedupRequest) -> DedupResponse:
+async def dedup(data: JSONBody[DedupRequest]) -> DedupResponse:
     """One result per item, in input order; `existing` is history, compared against but not reported."""
     _check(data)
     decisions = await asyncio.to_thread(

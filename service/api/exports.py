@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 
 import anyio.to_thread
 from litestar import MediaType, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from service.errors import InvalidInput
@@ -57,7 +58,7 @@ def _left_out(left_out: LeftOut) -> str:
     tags=["export"],
     status_code=200,
 )
-async def create_export(request: Request[Any, Any, Any], data: ExportRequest) -> Response[Any]:
+async def create_export(request: Request[Any, Any, Any], data: JSONBody[ExportRequest]) -> Response[Any]:
     if data.format not in FORMATS:
         raise InvalidInput(f"unknown format {data.format!r}; one of: {', '.join(FORMATS)}", field="format")
     if data.options.push is not None and data.format != "label-studio":
@@ -87,7 +88,7 @@ async def create_export(request: Request[Any, Any, Any], data: ExportRequest) ->
     media_type=MediaType.XML,
     sync_to_thread=False,
 )
-def labelstudio_config(locale: Literal["ja", "en"] = "en") -> str:
+def labelstudio_config(locale: FromQuery[Literal["ja", "en"]] = "en") -> str:
     return label_config(locale)
 
 
@@ -116,8 +117,8 @@ async def _evaluator(runtime: Runtime) -> Evaluate:
 )
 async def import_labelstudio(
     request: Request[Any, Any, Any],
-    runtime: Runtime,
-    evaluate: Annotated[bool, Parameter(description="Re-evaluate corrected answers in R")] = True,
+    runtime: NamedDependency[Runtime],
+    evaluate: Annotated[bool, QueryParameter(description="Re-evaluate corrected answers in R")] = True,
 ) -> ReviewImport:
     # Decoded here rather than by Litestar, so a malformed export names the task index and field.
     tasks: list[LSExportTask] = parse_export(await request.body())
