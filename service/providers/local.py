@@ -187,6 +187,8 @@ class LocalProvider:
         params.cpuparams.n_threads = self._threads
         params.cpuparams_batch.n_threads = self._threads
         params.warmup = False
+        # Errors and warnings only: the default logs several lines per request and per second of decoding.
+        params.verbosity = 1
         server = xllamacpp.Server(params)
         return _Loaded(server=server, base_url=f"{server.listening_address}/v1", path=str(path))
 
