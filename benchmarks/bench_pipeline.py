@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import openai
@@ -30,7 +31,9 @@ from service.settings import Settings
 from tests.fakes.llm_server import FakeLLMServer
 
 
-async def plain(server: FakeLLMServer, pairs: int, concurrency: int) -> float:
+def _caller(
+    server: FakeLLMServer, concurrency: int
+) -> tuple[openai.AsyncOpenAI, Callable[[str], Awaitable[str]]]:
     client = openai.AsyncOpenAI(api_key="x", base_url=server.openai_base_url, max_retries=0)
     slots = asyncio.Semaphore(concurrency)
 
@@ -40,6 +43,12 @@ async def plain(server: FakeLLMServer, pairs: int, concurrency: int) -> float:
                 model="m", messages=[{"role": "user", "content": prompt}], max_tokens=50
             )
             return r.choices[0].message.content or ""
+
+    return client, call
+
+
+async def plain(server: FakeLLMServer, pairs: int, concurrency: int) -> float:
+    client, call = _caller(server, concurrency)
 
     async def chain(i: int) -> None:
         question = await call(f"question {i}")
@@ -53,16 +62,7 @@ async def plain(server: FakeLLMServer, pairs: int, concurrency: int) -> float:
 
 
 async def barrier(server: FakeLLMServer, pairs: int, concurrency: int) -> float:
-    client = openai.AsyncOpenAI(api_key="x", base_url=server.openai_base_url, max_retries=0)
-    slots = asyncio.Semaphore(concurrency)
-
-    async def call(prompt: str) -> str:
-        async with slots:
-            r = await client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": prompt}], max_tokens=50
-            )
-            return r.choices[0].message.content or ""
-
+    client, call = _caller(server, concurrency)
     started = time.perf_counter()
     questions = await asyncio.gather(*(call(f"question {i}") for i in range(pairs)))
     await asyncio.gather(*(call(f"answer {q[:50]} {i}") for i, q in enumerate(questions)))

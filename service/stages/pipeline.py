@@ -163,9 +163,32 @@ class _Run:
             )
         )
 
-    def _drop(self, cell: Cell, item: ItemDropped, *, slot: bool) -> None:
-        if slot:
+    def _drop(
+        self,
+        cell: Cell,
+        stage: Any,
+        item_id: str,
+        text: str,
+        reason: str,
+        *,
+        nearest: str | None = None,
+        score: float | None = None,
+        question: str | None = None,
+    ) -> None:
+        # A dropped question frees its slot for another question; a dropped answer uses the slot up.
+        if stage != "question":
             self.cells[(cell.task, cell.theme)].dropped += 1
+        item = ItemDropped(
+            stage=stage,
+            task=cell.task,
+            theme=cell.theme,
+            id=item_id,
+            text=text,
+            reason=reason,
+            nearest_id=nearest,
+            score=score,
+            question=question,
+        )
         self.emit(Dropped(item=item))
 
     def _provider_failure(self, exc: ProviderError) -> tuple[str, str]:
@@ -256,17 +279,15 @@ class _Run:
                 state.reserved -= 1
                 if not is_kept:
                     self.counts.questions_dropped += 1
-                    item = ItemDropped(
-                        stage="question",
-                        task=cell.task,
-                        theme=cell.theme,
-                        id=qid,
-                        text=question,
-                        reason="near-duplicate question",
-                        nearest_id=nearest,
+                    self._drop(
+                        cell,
+                        "question",
+                        qid,
+                        question,
+                        "near-duplicate question",
+                        nearest=nearest,
                         score=score,
                     )
-                    self._drop(cell, item, slot=False)
                     continue
                 state.kept += 1
                 tg.create_task(self.answer(cell, task, theme, qid, question, provenance))
@@ -306,18 +327,16 @@ class _Run:
         is_kept, nearest, score = await self.a_filter.offer(pid, answer)
         if not is_kept:
             self.counts.answers_dropped += 1
-            item = ItemDropped(
-                stage="answer",
-                task=cell.task,
-                theme=cell.theme,
-                id=pid,
-                text=answer,
-                reason="near-duplicate answer",
-                nearest_id=nearest,
+            self._drop(
+                cell,
+                "answer",
+                pid,
+                answer,
+                "near-duplicate answer",
+                nearest=nearest,
                 score=score,
                 question=question,
             )
-            self._drop(cell, item, slot=True)
             return
         evaluation = None
         if self.evaluate is not None:
@@ -327,17 +346,10 @@ class _Run:
                 self.counts.flagged += 1
                 if self.job.spec.evaluation.on_failure == "drop":
                     self.counts.evaluation_dropped += 1
-                    item = ItemDropped(
-                        stage="evaluation",
-                        task=cell.task,
-                        theme=cell.theme,
-                        id=pid,
-                        text=answer,
-                        reason=f"evaluation verdict {evaluation.verdict}"
-                        + (f": {evaluation.message}" if evaluation.message else ""),
-                        question=question,
-                    )
-                    self._drop(cell, item, slot=True)
+                    reason = f"evaluation verdict {evaluation.verdict}"
+                    if evaluation.message:
+                        reason += f": {evaluation.message}"
+                    self._drop(cell, "evaluation", pid, answer, reason, question=question)
                     return
         pair = Pair(
             id=pid,

@@ -89,42 +89,41 @@ def _unique(ids: list[str], field: str) -> None:
         seen.add(item_id)
 
 
-def _resolve_tasks(spec: Spec, defaults: _Defaults) -> dict[str, ResolvedTask]:
-    tasks = spec.tasks if spec.tasks is not None else [Task(id=t) for t in defaults.tasks]
-    _unique([t.id for t in tasks], "tasks")
+def _resolve(
+    given: list[Task] | list[Theme] | None, builtins: dict[str, _Described], field: str
+) -> dict[str, _Described]:
+    """Tasks and themes alike: a built-in id may leave out its description, a new one may not."""
+    items = given if given is not None else [Task(id=i) for i in builtins]
+    _unique([item.id for item in items], field)
     out = {}
-    for i, task in enumerate(tasks):
-        builtin = defaults.tasks.get(task.id)
-        if task.description is None and builtin is None:
+    for i, item in enumerate(items):
+        builtin = builtins.get(item.id)
+        if item.description is None and builtin is None:
             raise InvalidInput(
-                f"task {task.id!r} is not built in ({', '.join(defaults.tasks)}); give it a description",
-                field=f"tasks[{i}].description",
+                f"{field[:-1]} {item.id!r} is not built in ({', '.join(builtins)}); give it a description",
+                field=f"{field}[{i}].description",
             )
-        out[task.id] = ResolvedTask(
-            id=task.id,
-            description=task.description or (builtin.description if builtin else ""),
-            instructions=task.instructions
-            if task.instructions is not None
+        instructions = getattr(item, "instructions", None)
+        out[item.id] = _Described(
+            description=item.description or (builtin.description if builtin else ""),
+            instructions=instructions
+            if instructions is not None
             else (builtin.instructions if builtin else ""),
         )
     return out
 
 
+def _resolve_tasks(spec: Spec, defaults: _Defaults) -> dict[str, ResolvedTask]:
+    resolved = _resolve(spec.tasks, defaults.tasks, "tasks")
+    return {
+        k: ResolvedTask(id=k, description=v.description, instructions=v.instructions)
+        for k, v in resolved.items()
+    }
+
+
 def _resolve_themes(spec: Spec, defaults: _Defaults) -> dict[str, ResolvedTheme]:
-    themes = spec.themes if spec.themes is not None else [Theme(id=t) for t in defaults.themes]
-    _unique([t.id for t in themes], "themes")
-    out = {}
-    for i, theme in enumerate(themes):
-        builtin = defaults.themes.get(theme.id)
-        if theme.description is None and builtin is None:
-            raise InvalidInput(
-                f"theme {theme.id!r} is not built in ({', '.join(defaults.themes)}); give it a description",
-                field=f"themes[{i}].description",
-            )
-        out[theme.id] = ResolvedTheme(
-            id=theme.id, description=theme.description or (builtin.description if builtin else "")
-        )
-    return out
+    resolved = _resolve(spec.themes, defaults.themes, "themes")
+    return {k: ResolvedTheme(id=k, description=v.description) for k, v in resolved.items()}
 
 
 def _resolve_cells(
