@@ -1,7 +1,40 @@
-"""Routes for /v1/evaluate."""
+"""POST /v1/evaluate: run the R code of answers (or plain R) in the sandbox, with verdicts and evidence."""
 
 from __future__ import annotations
 
-from typing import Any
+from litestar import post
+from litestar.openapi.datastructures import ResponseSpec
 
-routes: list[Any] = []
+from service.runtime import Runtime
+from service.stages.evaluate import check_request, evaluate_request
+from service.wire.evaluate import EvaluateRequest, EvaluateResponse
+
+__all__ = ["routes"]
+
+
+@post(
+    "/v1/evaluate",
+    summary="Run R answers in the sandbox",
+    description=(
+        "`pairs` (as /v1/generate returns them: each answer's R code blocks are joined and run) and/or "
+        "`snippets` of plain R. Every item gets a verdict — passed, parse_error, runtime_error, timeout, memory_limit, "
+        "output_limit, killed or no_code — with its evidence: R's message, the failing call, the line "
+        "(in the code and in the answer), warnings and the start of the printed output. "
+        "503 when the sandbox cannot run."
+    ),
+    tags=["evaluate"],
+    status_code=200,
+    responses={
+        200: ResponseSpec(
+            data_container=EvaluateResponse,
+            description="The pairs with their evaluation, and the snippets' results",
+        )
+    },
+)
+async def evaluate(data: EvaluateRequest, runtime: Runtime) -> EvaluateResponse:
+    check_request(data)  # a bad request is a 400 before the sandbox is started
+    runner = await runtime.runner()
+    return await evaluate_request(runner, data)
+
+
+routes = [evaluate]

@@ -1,7 +1,49 @@
-"""Routes for /v1/reports."""
+"""POST /v1/reports: the validation report over pairs, as JSON or as a self-contained HTML page."""
 
 from __future__ import annotations
 
 from typing import Any
 
-routes: list[Any] = []
+from litestar import Request, Response, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+
+from service.runtime import Runtime
+from service.stages.evaluate import build_report, needs_runner
+from service.wire.reports import Report, ReportRequest
+
+__all__ = ["routes"]
+
+HTML = "text/html"
+
+
+@post(
+    "/v1/reports",
+    summary="Validation report over pairs",
+    description=(
+        "Sums up the evaluations of the given pairs (running the R code of pairs that have none, "
+        "as `evaluate` says) by verdict and by task × theme, flagged pairs first with their evidence. "
+        f"Send `Accept: {HTML}` or `?format=html` for one self-contained HTML page (no script, no "
+        "external resource) instead of JSON."
+    ),
+    tags=["reports"],
+    status_code=200,
+    responses={200: ResponseSpec(data_container=Report, description="The report (JSON, or HTML on request)")},
+)
+async def report(
+    data: ReportRequest,
+    request: Request[Any, Any, Any],
+    runtime: Runtime,
+    format: str | None = Parameter(
+        default=None, pattern="^(json|html)$", description="json (default) or html"
+    ),
+) -> Response[Any]:
+    runner = await runtime.runner() if needs_runner(data.pairs, data.evaluate) else None
+    body, html = await build_report(data.pairs, runner=runner, evaluate=data.evaluate, title=data.title)
+    wants_html = format == "html" or (format is None and HTML in request.headers.get("accept", ""))
+    if wants_html:
+        return Response(html, media_type=f"{HTML}; charset=utf-8")
+    return Response(body)
+
+
+routes = [report]

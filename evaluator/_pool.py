@@ -1,0 +1,491 @@
+"""The warm worker pool: N sandboxed R workers, one snippet each at a time.
+
+Each worker is one long-lived R process (worker.R) inside its own sandbox; it forks a
+throw-away child per snippet. The pool hands snippets to idle workers, replaces a worker
+that died or was killed, and keeps two guards outside the sandbox that code inside cannot
+switch off: a hard deadline per snippet (the wall limit plus a grace period) and a watch on
+the machine's available memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from typing import Any
+
+import msgspec
+
+from evaluator._sandbox import (
+    DEFAULT_UID_BASE,
+    SandboxMode,
+    build_launch,
+    bwrap_version,
+    check_tools,
+    claim_uid,
+    processes_of,
+    worker_source,
+)
+from evaluator._types import Limits, RunResult, SandboxUnavailable
+
+__all__ = ["WorkerPool", "start_runner"]
+
+log = logging.getLogger("evaluator")
+
+GRACE_S = 5.0
+"""How long past the wall limit the worker may take to answer before it is killed."""
+START_TIMEOUT_S = 60.0
+RESTART_ATTEMPTS = 3
+LINE_LIMIT = 32 * 2**20
+
+
+class _Hello(msgspec.Struct):
+    ready: bool
+    error: str | None = None
+    protocol: int = 0
+    r_version: str = ""
+    pid: int = 0
+
+
+class _Reply(msgspec.Struct):
+    id: str
+    verdict: str
+    message: str | None = None
+    failing_call: str | None = None
+    line: int | None = None
+    warnings: list[str] = []
+    stdout: str = ""
+    stdout_bytes: int = 0
+    duration_ms: float = 0.0
+    cpu_ms: float = 0.0
+    peak_mem_bytes: float = 0.0
+    leftover_processes: int = 0
+
+
+def _mem_available_mb() -> float | None:
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _prepare_scratch(scratch: str, console: str, source: bytes, uid: int) -> None:
+    """The host directory of a `none` worker: its state dir with worker.R, owned by the worker's uid."""
+    state = os.path.dirname(console)
+    os.makedirs(state)
+    with open(os.path.join(state, "worker.R"), "wb") as fh:
+        fh.write(source)
+    if os.geteuid() == 0:
+        for path in (scratch, state):
+            os.chown(path, uid, uid)
+        os.chmod(scratch, 0o700)
+
+
+def _head(path: str, n: int = 4000) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n).decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+class _Worker:
+    def __init__(
+        self, slot: int, mode: SandboxMode, limits: Limits, packages: tuple[str, ...], uid_base: int
+    ):
+        self.slot = slot
+        self.mode = mode
+        self.limits = limits
+        self.packages = packages
+        self.uid_base = uid_base
+        self.proc: asyncio.subprocess.Process | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.scratch: str | None = None
+        self.alive = False
+        self.kill_reason: str | None = None
+        self.r_version = ""
+        self.jobs = 0
+        self.uid: int | None = None  # the dedicated uid, when started as root
+        self._uid_lock: int | None = None
+
+    async def start(self) -> None:
+        worker_r = worker_w = None
+        source = worker_source()
+        try:
+            if os.geteuid() == 0:
+                self.uid, self._uid_lock = claim_uid(self.uid_base)
+            if self.mode == "bwrap":
+                worker_r, worker_w = os.pipe()
+            else:
+                self.scratch = tempfile.mkdtemp(prefix=f"qasynth-worker{self.slot}-")
+            launch = build_launch(
+                self.mode,
+                uid=self.uid,
+                limits=self.limits,
+                packages=self.packages,
+                worker_fd=worker_r,
+                scratch=self.scratch,
+            )
+            if self.scratch is not None:
+                _prepare_scratch(self.scratch, launch.console, source, launch.uid)
+            self.proc = await asyncio.create_subprocess_exec(
+                *launch.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=LINE_LIMIT,
+                pass_fds=launch.pass_fds,
+                preexec_fn=launch.preexec,
+                user=launch.user,
+                group=launch.user,
+                extra_groups=[] if launch.user is not None else None,
+                env=launch.env,
+                cwd="/",
+                start_new_session=True,
+            )
+            if worker_w is not None:
+                # worker.R is far smaller than a pipe's buffer: this never blocks.
+                os.write(worker_w, source)
+                os.close(worker_w)
+                worker_w = None
+        except (OSError, SandboxUnavailable) as exc:
+            if self._uid_lock is not None:
+                os.close(self._uid_lock)
+                self._uid_lock = None
+            if isinstance(exc, SandboxUnavailable):
+                raise
+            raise SandboxUnavailable(f"could not start the R worker: {exc}") from exc
+        finally:
+            for fd in (worker_r, worker_w):
+                if fd is not None:
+                    os.close(fd)
+        self.reader = self.proc.stdout
+        try:
+            raw = await asyncio.wait_for(self.reader.readline(), START_TIMEOUT_S)
+        except TimeoutError:
+            raw = b""
+        hello = None
+        with contextlib.suppress(msgspec.DecodeError):
+            hello = msgspec.json.decode(raw, type=_Hello) if raw else None
+        if hello is None or not hello.ready:
+            why = hello.error if hello is not None and hello.error else await self._failure_text()
+            await self.close()
+            raise SandboxUnavailable(f"the R worker did not start: {why}")
+        self.r_version = hello.r_version
+        self.alive = True
+
+    async def _failure_text(self) -> str:
+        parts = []
+        if self.proc is not None and self.proc.stderr is not None:
+            with contextlib.suppress(Exception):
+                self.kill("start failed")
+                err = await asyncio.wait_for(self.proc.stderr.read(4000), 5)
+                parts.append(err.decode(errors="replace").strip())
+        if self.scratch is not None:
+            parts.append(_head(os.path.join(self.scratch, ".qasynth", "console")))
+        text = " | ".join(p for p in parts if p)
+        return text or "it exited without a word (is R installed, and can bwrap create user namespaces here?)"
+
+    def kill(self, reason: str) -> None:
+        """Kill the whole sandbox now; bwrap's PID namespace takes every process in it along."""
+        self.kill_reason = self.kill_reason or reason
+        self.alive = False
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    async def close(self) -> None:
+        self.kill("closed")
+        if self.proc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 10)
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        if self.uid is not None:
+            # The namespace dies with its init, a moment after bwrap; make sure of it, since
+            # a dedicated uid names exactly this worker's processes.
+            # Processes that are freeing a lot of memory can take a few seconds to go.
+            for _ in range(1000):
+                left = processes_of(self.uid)
+                if not left:
+                    break
+                for pid in left:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                await asyncio.sleep(0.01)
+            if self._uid_lock is not None and not processes_of(self.uid):
+                os.close(self._uid_lock)  # the uid is free for the next worker
+                self._uid_lock = None
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
+
+    async def run(self, job_id: str, code: str) -> RunResult:
+        assert self.proc is not None and self.proc.stdin is not None and self.reader is not None
+        limits = self.limits
+        self.jobs += 1
+        self.kill_reason = None
+        request = "\t".join(
+            [
+                job_id,
+                repr(float(limits.wall_s)),
+                repr(float(limits.cpu_s)),
+                str(limits.output_bytes),
+                str(limits.keep_bytes),
+                str(limits.total_mem_mb * 2**20),
+                str(limits.file_mb * 2**20),
+                code.encode("utf-8", errors="replace").hex(),
+            ]
+        )
+        started = time.perf_counter()
+        try:
+            self.proc.stdin.write(request.encode() + b"\n")
+            await self.proc.stdin.drain()
+            raw = await asyncio.wait_for(self.reader.readline(), limits.wall_s + GRACE_S)
+        except TimeoutError:
+            self.kill("deadline")
+            return RunResult(
+                verdict="timeout",
+                message=f"still running after {limits.wall_s:g} s; the sandbox was killed",
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+        except (ConnectionError, BrokenPipeError) as exc:
+            self.kill("broken pipe")
+            raw = b""
+            log.warning("worker %d: pipe failed: %s", self.slot, exc)
+        except asyncio.CancelledError:
+            # The caller gave up mid-snippet: the worker's reply would reach the next
+            # caller, so this worker is done.
+            self.kill("cancelled")
+            raise
+        duration_ms = (time.perf_counter() - started) * 1000
+        if not raw:
+            reason = self.kill_reason
+            self.kill("died")
+            if reason == "host_memory":
+                return RunResult(
+                    verdict="memory_limit",
+                    message=f"the machine ran low on memory (under {limits.host_min_free_mb} MB available) "
+                    "while it ran; the sandbox was killed",
+                    duration_ms=duration_ms,
+                )
+            return RunResult(
+                verdict="killed", message="the sandbox died while the snippet ran", duration_ms=duration_ms
+            )
+        reply = msgspec.json.decode(raw, type=_Reply)
+        if reply.id != job_id:
+            self.kill("out of step")
+            return RunResult(verdict="killed", message="the worker answered out of step; it was replaced")
+        verdict = reply.verdict if reply.verdict in _RUN_VERDICTS else "killed"
+        return RunResult(
+            verdict=verdict,  # type: ignore[arg-type]
+            message=reply.message,
+            failing_call=reply.failing_call,
+            line=reply.line,
+            warnings=tuple(reply.warnings),
+            stdout=reply.stdout,
+            stdout_bytes=int(reply.stdout_bytes),
+            duration_ms=round(reply.duration_ms, 3),
+            cpu_ms=reply.cpu_ms,
+            peak_mem_mb=round(reply.peak_mem_bytes / 2**20, 1),
+            leftover_processes=reply.leftover_processes,
+        )
+
+
+_RUN_VERDICTS = {
+    "passed",
+    "parse_error",
+    "runtime_error",
+    "timeout",
+    "memory_limit",
+    "output_limit",
+    "killed",
+}
+
+
+class WorkerPool:
+    """Warm, sandboxed R workers. `run` is safe to call from many tasks at once.
+
+    Use `await start_runner(...)`, or `async with WorkerPool(...) as pool`.
+    """
+
+    def __init__(
+        self,
+        *,
+        sandbox: SandboxMode = "bwrap",
+        workers: int | None = None,
+        packages: tuple[str, ...] | list[str] = ("stats", "utils"),
+        limits: Limits | None = None,
+        uid_base: int = DEFAULT_UID_BASE,
+    ) -> None:
+        if sandbox not in ("bwrap", "none"):
+            raise ValueError(f"sandbox must be 'bwrap' or 'none', got {sandbox!r}")
+        self.mode: SandboxMode = sandbox
+        self.size = workers if workers and workers > 0 else max(1, os.cpu_count() or 1)
+        self.packages = tuple(packages)
+        self.limits = limits or Limits()
+        self.uid_base = uid_base
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._workers: dict[int, _Worker] = {}
+        self._busy: set[_Worker] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ids = itertools.count(1)
+        self._broken: str | None = None
+        self._closed = False
+        self._watchdog: asyncio.Task[None] | None = None
+        self._r_version = ""
+        self._bwrap_version = ""
+        self.restarts = 0
+
+    async def __aenter__(self) -> WorkerPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        check_tools(self.mode)
+        if self.mode == "bwrap":
+            self._bwrap_version = await asyncio.to_thread(bwrap_version)
+        results = await asyncio.gather(
+            *(self._start_worker(slot) for slot in range(self.size)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.aclose()
+            raise (
+                errors[0] if isinstance(errors[0], SandboxUnavailable) else SandboxUnavailable(str(errors[0]))
+            )
+        self._watchdog = asyncio.create_task(self._watch_host_memory())
+
+    async def _start_worker(self, slot: int) -> None:
+        worker = _Worker(slot, self.mode, self.limits, self.packages, self.uid_base)
+        await worker.start()
+        if self._closed:
+            await worker.close()
+            return
+        self._r_version = worker.r_version
+        self._workers[slot] = worker
+        self._idle.put_nowait(worker)
+
+    def _replace(self, worker: _Worker) -> None:
+        self._workers.pop(worker.slot, None)
+        task = asyncio.create_task(self._restart(worker))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _restart(self, old: _Worker) -> None:
+        await old.close()
+        if self._closed:
+            return
+        self.restarts += 1
+        last = ""
+        for attempt in range(RESTART_ATTEMPTS):
+            try:
+                await self._start_worker(old.slot)
+                return
+            except SandboxUnavailable as exc:
+                log.warning("worker %d did not restart (attempt %d): %s", old.slot, attempt + 1, exc)
+                await asyncio.sleep(0.5 * 2**attempt)
+                last = str(exc)
+        if not self._workers:
+            self._broken = last
+
+    async def _acquire(self) -> _Worker:
+        while True:
+            if self._closed:
+                raise SandboxUnavailable("the R worker pool is closed")
+            if self._broken is not None and not self._workers:
+                raise SandboxUnavailable(f"no R worker could be restarted: {self._broken}")
+            try:
+                return await asyncio.wait_for(self._idle.get(), 1.0)
+            except TimeoutError:
+                continue
+
+    async def run(self, code: str) -> RunResult:
+        """Run one snippet in a fresh fork of a warm worker."""
+        worker = await self._acquire()
+        self._busy.add(worker)
+        try:
+            return await worker.run(f"j{next(self._ids)}", code)
+        finally:
+            self._busy.discard(worker)
+            if worker.alive and not self._closed:
+                self._idle.put_nowait(worker)
+            else:
+                self._replace(worker)
+
+    async def _watch_host_memory(self) -> None:
+        floor = self.limits.host_min_free_mb
+        while not self._closed:
+            await asyncio.sleep(0.1 if self._busy else 0.5)
+            if not self._busy:
+                continue
+            available = _mem_available_mb()
+            if available is not None and available < floor:
+                log.warning(
+                    "only %.0f MB of memory available: killing %d busy workers", available, len(self._busy)
+                )
+                for worker in list(self._busy):
+                    worker.kill("host_memory")
+
+    def describe(self) -> dict[str, str]:
+        lim = self.limits
+        info = {
+            "mode": self.mode,
+            "workers": str(self.size),
+            "alive": str(sum(w.alive for w in self._workers.values())),
+            "r_version": self._r_version,
+            "packages": ",".join(self.packages),
+            "limits": (
+                f"wall {lim.wall_s:g} s, cpu {lim.cpu_s:g} s, memory {lim.mem_mb} MB a process and "
+                f"{lim.total_mem_mb} MB in all, output {lim.output_bytes} B, files {lim.file_mb} MB, "
+                f"/tmp {lim.tmp_mb} MB, {lim.procs} processes"
+            ),
+            "restarts": str(self.restarts),
+        }
+        if self.mode == "bwrap":
+            info["bwrap"] = self._bwrap_version
+        else:
+            info["warning"] = "no namespaces: files, network and background processes are not contained"
+        return info
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await task
+        workers = list(self._workers.values())
+        self._workers.clear()
+        await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+
+
+async def start_runner(
+    *,
+    sandbox: SandboxMode = "bwrap",
+    workers: int | None = None,
+    packages: tuple[str, ...] | list[str] = ("stats", "utils"),
+    limits: Limits | None = None,
+    uid_base: int = DEFAULT_UID_BASE,
+) -> WorkerPool:
+    """Start a warm pool (one worker per core by default); raises `SandboxUnavailable` saying why not."""
+    pool = WorkerPool(sandbox=sandbox, workers=workers, packages=packages, limits=limits, uid_base=uid_base)
+    await pool.start()
+    return pool

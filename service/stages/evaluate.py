@@ -1,0 +1,186 @@
+"""Wire ↔ evaluator: the only stage that runs R, through a `Runner` it is handed.
+
+`evaluate_answer` is what the generation pipeline calls per answer; `evaluate_request`
+serves POST /v1/evaluate; `build_report` serves POST /v1/reports. The verdict policy
+(`flagged`) and the report itself live in the evaluator, so the CLI and the service
+say the same thing about the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
+
+import evaluator
+from service.errors import InvalidInput, SandboxUnavailable
+from service.wire.evaluate import EvaluateRequest, EvaluateResponse, Evaluation, SnippetResult
+from service.wire.generate import Pair
+from service.wire.reports import Report, ReportGroup, ReportItem
+
+__all__ = [
+    "build_report",
+    "check_request",
+    "evaluate_answer",
+    "evaluate_code",
+    "evaluate_request",
+    "needs_runner",
+    "to_check",
+    "to_evaluation",
+]
+
+
+def to_evaluation(check: evaluator.Check, *, task: str) -> Evaluation:
+    return Evaluation(
+        verdict=check.verdict,
+        flagged=evaluator.is_flagged(check.verdict, task),
+        message=check.message,
+        failing_call=check.failing_call,
+        line=check.line,
+        answer_line=check.answer_line,
+        warnings=list(check.warnings),
+        stdout=check.stdout,
+        stdout_truncated=check.stdout_truncated,
+        duration_ms=check.duration_ms,
+        code=check.code,
+        blocks=check.blocks,
+    )
+
+
+def to_check(evaluation: Evaluation) -> evaluator.Check:
+    return evaluator.Check(
+        verdict=evaluation.verdict,
+        code=evaluation.code,
+        blocks=evaluation.blocks,
+        message=evaluation.message,
+        failing_call=evaluation.failing_call,
+        line=evaluation.line,
+        answer_line=evaluation.answer_line,
+        warnings=tuple(evaluation.warnings),
+        stdout=evaluation.stdout,
+        stdout_truncated=evaluation.stdout_truncated,
+        duration_ms=evaluation.duration_ms,
+    )
+
+
+async def evaluate_answer(runner: evaluator.Runner, *, task: str, answer: str) -> Evaluation:
+    """Run the R code blocks of a markdown answer. A sandbox that breaks raises `SandboxUnavailable`."""
+    try:
+        check = await evaluator.check_answer(runner, answer)
+    except evaluator.SandboxUnavailable as exc:
+        raise SandboxUnavailable(str(exc)) from exc
+    return to_evaluation(check, task=task)
+
+
+async def evaluate_code(runner: evaluator.Runner, *, task: str, code: str) -> Evaluation:
+    """Run plain R code."""
+    try:
+        check = await evaluator.check_code(runner, code)
+    except evaluator.SandboxUnavailable as exc:
+        raise SandboxUnavailable(str(exc)) from exc
+    return to_evaluation(check, task=task)
+
+
+def check_request(request: EvaluateRequest) -> None:
+    """A request must hold something to run."""
+    if not request.pairs and not request.snippets:
+        raise InvalidInput("give at least one pair or snippet to evaluate", field="pairs")
+
+
+async def evaluate_request(runner: evaluator.Runner, request: EvaluateRequest) -> EvaluateResponse:
+    """Run every pair's answer and every snippet; the runner's pool decides how many run at once.
+    Results keep request order; a pair's old `evaluation` is replaced."""
+    check_request(request)
+    started = time.perf_counter()
+    pair_evals, snippet_evals = await asyncio.gather(
+        asyncio.gather(*(evaluate_answer(runner, task=p.task, answer=p.answer) for p in request.pairs)),
+        asyncio.gather(*(evaluate_code(runner, task="generate", code=s.code) for s in request.snippets)),
+    )
+    evaluations = [*pair_evals, *snippet_evals]
+    counts = Counter(e.verdict for e in evaluations)
+    return EvaluateResponse(
+        pairs=[
+            msgspec.structs.replace(p, evaluation=e) for p, e in zip(request.pairs, pair_evals, strict=True)
+        ],
+        snippets=[
+            SnippetResult(id=s.id, evaluation=e) for s, e in zip(request.snippets, snippet_evals, strict=True)
+        ],
+        counts=dict(sorted(counts.items())),
+        flagged=sum(e.flagged for e in evaluations),
+        elapsed_s=round(time.perf_counter() - started, 3),
+    )
+
+
+def needs_runner(pairs: Sequence[Pair], mode: Literal["missing", "all", "none"]) -> bool:
+    return mode == "all" or (mode == "missing" and any(p.evaluation is None for p in pairs))
+
+
+async def build_report(
+    pairs: Sequence[Pair],
+    *,
+    runner: evaluator.Runner | None,
+    evaluate: Literal["missing", "all", "none"] = "missing",
+    title: str = "R answer validation report",
+) -> tuple[Report, str]:
+    """The report as wire data and as HTML. Pairs are run as `evaluate` says; `runner` may be
+    None only when nothing needs running."""
+    evaluations: list[Evaluation | None] = [p.evaluation for p in pairs]
+    todo = [
+        i
+        for i, p in enumerate(pairs)
+        if evaluate == "all" or (evaluate == "missing" and p.evaluation is None)
+    ]
+    sandbox: dict[str, str] = {}
+    if todo:
+        if runner is None:
+            raise SandboxUnavailable(
+                "the report needs the R sandbox to evaluate pairs, and it is not running"
+            )
+        sandbox = runner.describe()
+        done = await asyncio.gather(
+            *(evaluate_answer(runner, task=pairs[i].task, answer=pairs[i].answer) for i in todo)
+        )
+        for i, evaluation in zip(todo, done, strict=True):
+            evaluations[i] = evaluation
+    entries = [
+        evaluator.ReportEntry(
+            id=p.id,
+            task=p.task,
+            theme=p.theme,
+            question=p.question,
+            answer=p.answer,
+            check=to_check(ev) if ev is not None else None,
+        )
+        for p, ev in zip(pairs, evaluations, strict=True)
+    ]
+    data = evaluator.build_report(entries, title=title, environment=sandbox)
+    by_id = {p.id: ev for p, ev in zip(pairs, evaluations, strict=True)}
+    report = Report(
+        title=data.title,
+        generated_at=data.generated_at,
+        total=data.total,
+        passed=data.passed,
+        flagged=data.flagged,
+        unevaluated=data.unevaluated,
+        pass_rate=round(data.pass_rate, 4),
+        verdicts=data.verdicts,
+        groups=[msgspec.convert(msgspec.to_builtins(g), type=ReportGroup) for g in data.groups],
+        items=[
+            ReportItem(
+                id=e.id,
+                task=e.task,
+                theme=e.theme,
+                verdict=e.verdict,
+                flagged=e.flagged,
+                question=e.question,
+                evaluation=by_id.get(e.id),
+            )
+            for e in data.entries
+        ],
+        sandbox=sandbox,
+    )
+    return report, evaluator.render_html(data)
