@@ -147,7 +147,7 @@ local({
       if (!length(live)) break
       tools::pskill(live, tools::SIGKILL)
       killed <- union(killed, setdiff(live, child))
-      Sys.sleep(0.002)
+      Sys.sleep(0.0005)
     }
     length(killed)
   }
@@ -190,8 +190,10 @@ local({
     raw <- readBin(con, "raw", n = min(n, size))
     list(text = utf8(rawToChar(raw[raw != as.raw(0)])), size = size)
   }
+  # The line of the last top-level expression the child started (it appends one per expression).
   read_progress <- function() {
-    v <- suppressWarnings(as.integer(tryCatch(readLines(progress_path, warn = FALSE)[1L], error = function(e) NA)))
+    lines <- tryCatch(readLines(progress_path, warn = FALSE), error = function(e) character())
+    v <- suppressWarnings(as.integer(lines[length(lines)]))
     if (length(v) && !is.na(v)) v else NA_integer_
   }
 
@@ -240,12 +242,14 @@ local({
       NA_integer_
     }
     quit_status <- NULL
+    progress <- file(progress_path, open = "w")
     outcome <- tryCatch(
       withCallingHandlers(
         {
           for (i in seq_along(exprs)) {
             current <- i
-            writeLines(as.character(if (length(srcrefs) >= i) srcrefs[[i]][1L] else i), progress_path)
+            cat(if (length(srcrefs) >= i) srcrefs[[i]][1L] else i, "\n", sep = "", file = progress)
+            flush(progress)
             r <- withVisible(eval(exprs[[i]], envir = globalenv()))
             if (r$visible) {
               if (isS4(r$value)) methods::show(r$value) else print(r$value)
@@ -325,8 +329,10 @@ local({
   }
 
   # ---- the parent: fork, watch wall clock, CPU, memory and output, clean up -----------------
+  dirty <- FALSE # set while a snippet's files may be around: the next one starts clean anyway
   handle <- function(req) {
-    wipe()
+    if (dirty) wipe()
+    dirty <<- TRUE
     started <- proc.time()[["elapsed"]]
     job <- parallel:::mcfork()
     if (inherits(job, "masterProcess")) child_main(req)
@@ -369,16 +375,11 @@ local({
     duration <- proc.time()[["elapsed"]] - started
     # The child exits right after sending its result, once it has told us so and we have
     # answered (parallel's handshake: the child waits for the master's SIGUSR1, which
-    # readChild sends when it reads that last message). Then anything still alive in the
-    # sandbox was left behind by the snippet.
+    # readChild sends when it reads that last message). The sweep then kills whatever is
+    # still alive; the child itself does not count as left behind.
     if (!is.null(data)) {
       ready <- parallel:::selectChildren(job, timeout = 0.5)
       if (is.integer(ready) && pid %in% ready) parallel:::readChild(pid)
-      for (k in 1:100) {
-        s <- proc_stat(pid)
-        if (is.null(s) || s$state %in% c("Z", "X")) break
-        Sys.sleep(0.002)
-      }
     }
     progress <- read_progress()
     leftover <- sweep(pid)
@@ -410,6 +411,7 @@ local({
       res$message <- sprintf("left %d background process(es) running after it finished; they were killed", leftover)
     }
     wipe()
+    dirty <<- FALSE
     list(
       id = req$id,
       verdict = res$verdict,

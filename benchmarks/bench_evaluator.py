@@ -1,0 +1,226 @@
+"""R evaluation: qasynth's warm forked workers against a fresh `Rscript` per snippet, side by side.
+
+    .venv/bin/python benchmarks/bench_evaluator.py              # 200 snippets each way, 2 at a time
+    .venv/bin/python benchmarks/bench_evaluator.py -n 400 --concurrency 2 --json out.json
+
+Both sides run the same snippets in the same sandbox: the same bubblewrap namespaces and mounts,
+the same dedicated uid and rlimits, 2 at a time (one per core). Fresh runs start `Rscript
+--vanilla -e CODE` in a new sandbox per snippet (what a simple evaluator does); warm runs go
+through `WorkerPool.run` (a fork of an R that started once). The machine is shared with other
+work, so the two sides alternate in rounds of 20 snippets and the ratio is taken over the same
+wall-clock stretch. The snippets are short statistics scripts of the kind the answers hold
+(t-tests, lm, glm, tables, quantiles, a few failing on purpose); the script checks that both
+sides give every snippet the same verdict and, for the deterministic ones, the same output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from evaluator import Limits, WorkerPool  # noqa: E402
+from evaluator._sandbox import build_launch, claim_uid, worker_source  # noqa: E402
+
+SNIPPETS = [
+    "before <- c(312, 298, 305, 330, 287, 301, 322, 315)\nafter <- c(295, 290, 301, 310, 280, 296, 305, 309)\n"
+    "result <- t.test(after, before, paired = TRUE)\nprint(result)\ncat('Mean change:', mean(after - before), 'ms\\n')",
+    "df <- data.frame(x = 1:20, y = c(2.1, 3.9, 6.2, 8.1, 9.8, 12.2, 13.8, 16.1, 18.3, 19.7,\n"
+    "  22.1, 24.2, 25.8, 28.1, 30.2, 31.9, 34.1, 36.2, 37.8, 40.1))\nfit <- lm(y ~ x, data = df)\n"
+    "print(summary(fit))\nprint(confint(fit))",
+    "counts <- matrix(c(12, 5, 7, 9), nrow = 2, dimnames = list(c('a', 'b'), c('yes', 'no')))\n"
+    "print(chisq.test(counts))\nprint(fisher.test(counts)$p.value)",
+    "x <- c(5.1, 4.9, 4.7, 4.6, 5.0, 5.4, 4.6, 5.0, 4.4, 4.9)\ncat('mean', mean(x), 'sd', sd(x), '\\n')\n"
+    "cat('se', sd(x) / sqrt(length(x)), '\\n')\nprint(quantile(x, c(0.1, 0.5, 0.9)))",
+    "print(qnorm(c(0.025, 0.975)))\nprint(qt(0.975, df = c(5, 10, 30)))\nprint(pbinom(3, size = 10, prob = 0.2))",
+    "g <- factor(rep(c('a', 'b', 'c'), each = 6))\ny <- c(4.2, 4.8, 5.1, 4.6, 5.0, 4.4, 5.9, 6.3, 6.1, 5.7, 6.6, 6.0,\n"
+    "  7.1, 6.8, 7.4, 7.0, 6.9, 7.3)\nfit <- aov(y ~ g)\nprint(summary(fit))\nprint(TukeyHSD(fit))",
+    "dose <- c(1, 2, 3, 4, 5, 6)\ndead <- c(1, 3, 6, 9, 12, 14)\nn <- rep(15, 6)\n"
+    "fit <- glm(cbind(dead, n - dead) ~ dose, family = binomial)\nprint(coef(summary(fit)))",
+    "tab <- table(mtcars$cyl, mtcars$gear)\nprint(tab)\nprint(prop.table(tab, 1))\n"
+    "print(aggregate(mpg ~ cyl, data = mtcars, FUN = mean))",
+    "x <- c(1.83, 0.50, 1.62, 2.48, 1.68, 1.88, 1.55, 3.06, 1.30)\n"
+    "y <- c(0.878, 0.647, 0.598, 2.05, 1.06, 1.29, 1.06, 3.14, 1.29)\nprint(wilcox.test(x, y, paired = TRUE))",
+    "print(power.t.test(delta = 1, sd = 2, sig.level = 0.05, power = 0.8))",
+    "m <- matrix(c(2, 1, 1, 3), 2)\nprint(solve(m))\nprint(eigen(m)$values)",
+    "print(cor.test(mtcars$mpg, mtcars$wt))",
+    "fit <- lm(mpg ~ wt + hp, data = mtcars)\nnew <- data.frame(wt = c(2.5, 3), hp = c(100, 150))\n"
+    "print(predict(fit, new, interval = 'confidence'))",
+    "x <- c(1, 2, NA, 4)\nm <- mean(x, na.rm = TRUE\nprint(m)",  # parse error
+    "df <- data.frame(a = 1:3)\nprint(mean(df$b))\nprint(sd(df$missing_column) + undefined_object)",  # runtime error
+    "s <- split(mtcars$mpg, mtcars$cyl)\nprint(sapply(s, function(v) c(n = length(v), mean = mean(v))))",
+    "print(shapiro.test(c(2.3, 3.1, 2.8, 3.5, 2.9, 3.3, 2.7, 3.0, 3.2, 2.6)))",
+    "print(ks.test(c(0.61, 0.29, 0.06, 0.59, -1.73, -0.74, 0.51, -0.56, 0.39, 1.64), 'pnorm'))",
+    "print(binom.test(7, 20, p = 0.5))\nprint(prop.test(c(15, 25), c(50, 50)))",
+    "warning_here <- sqrt(-1)\nprint(log(c(1, 10, 100)))",
+]
+
+
+def fresh_command(code: str, uid: int | None, limits: Limits) -> tuple[list[str], object, int | None]:
+    """The warm worker's sandbox, running `Rscript --vanilla -e CODE` instead of the worker."""
+    r, w = os.pipe()
+    os.close(w)
+    launch = build_launch("bwrap", uid=uid, limits=limits, packages=(), worker_fd=r, scratch=None)
+    os.close(r)
+    prefix = launch.argv[: launch.argv.index("--") + 1]
+    # No worker.R here: drop its --ro-bind-data (the fd is gone) and keep everything else.
+    i = prefix.index("--ro-bind-data")
+    del prefix[i : i + 3]
+    argv = [
+        *prefix,
+        "/bin/sh",
+        "-c",
+        'mkdir -p /tmp/work && cd /tmp/work && exec Rscript --vanilla -e "$0"',
+        code,
+    ]
+    return argv, launch.preexec, launch.user
+
+
+async def run_fresh(code: str, uid: int | None, limits: Limits) -> tuple[str, str, float]:
+    argv, preexec, user = fresh_command(code, uid, limits)
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=preexec,  # type: ignore[arg-type]
+        user=user,
+        group=user,
+        extra_groups=[] if user is not None else None,
+        env={},
+        cwd="/",
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), limits.wall_s + 5)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return "timeout", "", (time.perf_counter() - started) * 1000
+    verdict = "passed" if proc.returncode == 0 else "failed"
+    return verdict, out.decode(errors="replace"), (time.perf_counter() - started) * 1000
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-n", type=int, default=200, help="snippets per side (default 200)")
+    parser.add_argument("--concurrency", type=int, default=2, help="snippets at once, each side (default 2)")
+    parser.add_argument("--round", type=int, default=20, help="snippets per alternating round (default 20)")
+    parser.add_argument("--json", help="write the figures here as JSON")
+    args = parser.parse_args()
+    limits = Limits(wall_s=20.0, cpu_s=20.0)
+    worker_source()  # fail early if the package is incomplete
+    uids: list[tuple[int, int]] = []
+    if os.geteuid() == 0:
+        uids = [claim_uid() for _ in range(args.concurrency)]
+    jobs = [SNIPPETS[i % len(SNIPPETS)] for i in range(args.n)]
+    warm_ms: list[float] = []
+    fresh_ms: list[float] = []
+    warm_wall = fresh_wall = 0.0
+    mismatches: list[str] = []
+
+    async with WorkerPool(workers=args.concurrency, limits=limits) as pool:
+        # Warm up both sides once (page cache, first fork), outside the timing.
+        await pool.run(SNIPPETS[0])
+        await run_fresh(SNIPPETS[0], uids[0][0] if uids else None, limits)
+        for start in range(0, args.n, args.round):
+            batch = jobs[start : start + args.round]
+
+            t0 = time.perf_counter()
+            sem = asyncio.Semaphore(args.concurrency)
+            free = [u for u, _ in uids] or [None] * args.concurrency
+
+            async def fresh_one(
+                code: str, sem: asyncio.Semaphore = sem, free: list = free
+            ) -> tuple[str, str]:
+                async with sem:
+                    uid = free.pop()
+                    try:
+                        verdict, text, ms = await run_fresh(code, uid, limits)
+                    finally:
+                        free.append(uid)
+                    fresh_ms.append(ms)
+                    return verdict, text
+
+            fresh = await asyncio.gather(*(fresh_one(c) for c in batch))
+            fresh_wall += time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+
+            async def warm_one(code: str, sem: asyncio.Semaphore = sem) -> tuple[str, str]:
+                async with sem:  # latency without queueing, as on the fresh side
+                    t = time.perf_counter()
+                    r = await pool.run(code)
+                    warm_ms.append((time.perf_counter() - t) * 1000)
+                    return r.verdict, r.stdout
+
+            warm = await asyncio.gather(*(warm_one(c) for c in batch))
+            warm_wall += time.perf_counter() - t0
+
+            for code, (fv, fout), (wv, wout) in zip(batch, fresh, warm, strict=True):
+                same_verdict = (fv == "passed") == (wv == "passed")
+                deterministic = "rnorm" not in code and "runif" not in code and "sample" not in code
+                same_output = fv != "passed" or not deterministic or _norm(fout) == _norm(wout)
+                if not (same_verdict and same_output):
+                    mismatches.append(f"{code[:60]!r}: fresh {fv} / warm {wv}")
+        info = pool.describe()
+    for _, fd in uids:
+        os.close(fd)
+
+    figures = {
+        "snippets_each": args.n,
+        "concurrency": args.concurrency,
+        "fresh_per_s": round(args.n / fresh_wall, 1),
+        "warm_per_s": round(args.n / warm_wall, 1),
+        "ratio": round(fresh_wall / warm_wall, 1),
+        "fresh_median_ms": round(statistics.median(fresh_ms), 1),
+        "warm_median_ms": round(statistics.median(warm_ms), 1),
+        "fresh_p95_ms": round(_p95(fresh_ms), 1),
+        "warm_p95_ms": round(_p95(warm_ms), 1),
+        "mismatches": len(mismatches),
+        "sandbox": info["mode"],
+        "r_version": info["r_version"],
+        "load_average": os.getloadavg()[0],
+    }
+    print(f"{args.n} snippets each way, {args.concurrency} at a time, same sandbox, alternating rounds")
+    print(
+        f"  fresh Rscript per snippet : {figures['fresh_per_s']:7.1f} snippets/s  "
+        f"median {figures['fresh_median_ms']:6.1f} ms  p95 {figures['fresh_p95_ms']:6.1f} ms"
+    )
+    print(
+        f"  warm forked workers       : {figures['warm_per_s']:7.1f} snippets/s  "
+        f"median {figures['warm_median_ms']:6.1f} ms  p95 {figures['warm_p95_ms']:6.1f} ms"
+    )
+    print(f"  ratio (throughput)        : {figures['ratio']}x")
+    print(f"  same verdicts and outputs : {'yes' if not mismatches else f'{len(mismatches)} differ'}")
+    for line in mismatches[:10]:
+        print("    " + line)
+    if args.json:
+        _write(args.json, json.dumps(figures, indent=2) + "\n")
+
+
+def _write(path: str, text: str) -> None:
+    Path(path).write_text(text)
+
+
+def _norm(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
