@@ -66,6 +66,7 @@ class _Reply(msgspec.Struct):
     cpu_ms: float = 0.0
     peak_mem_bytes: float = 0.0
     leftover_processes: int = 0
+    retire: bool = False
 
 
 def _mem_available_mb() -> float | None:
@@ -201,10 +202,13 @@ class _Worker:
         self.kill_reason = self.kill_reason or reason
         self.alive = False
         if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+            # The group holds bwrap (or R), which leads it. Not proc.kill() as well: Popen polls
+            # before it signals, and that poll would reap the child under asyncio's watcher.
+            try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
+            except (ProcessLookupError, PermissionError):
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
 
     async def close(self) -> None:
         self.kill("closed")
@@ -246,7 +250,7 @@ class _Worker:
                 str(limits.keep_bytes),
                 str(limits.total_mem_mb * 2**20),
                 str(limits.file_mb * 2**20),
-                code.encode("utf-8", errors="replace").hex(),
+                code.replace("\x00", "").encode("utf-8", errors="replace").hex(),  # R strings hold no NUL
             ]
         )
         started = time.perf_counter()
@@ -285,6 +289,8 @@ class _Worker:
                 verdict="killed", message="the sandbox died while the snippet ran", duration_ms=duration_ms
             )
         reply = msgspec.json.decode(raw, type=_Reply)
+        if reply.retire:
+            self.kill("retired")  # it asked to be replaced
         if reply.id != job_id:
             self.kill("out of step")
             return RunResult(verdict="killed", message="the worker answered out of step; it was replaced")

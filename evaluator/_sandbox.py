@@ -97,8 +97,8 @@ def _user_tasks(uid: int) -> int:
     return count
 
 
-def processes_of(uid: int) -> list[int]:
-    """Live (not zombie) processes owned by `uid`."""
+def processes_of(uid: int, *, zombies: bool = False) -> list[int]:
+    """Processes owned by `uid`: live ones, and zombies too if asked."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -110,7 +110,7 @@ def processes_of(uid: int) -> list[int]:
                 state = fh.read().rsplit(b")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if state not in (b"Z", b"X"):
+        if zombies or state not in (b"Z", b"X"):
             found.append(int(entry.name))
     return found
 
@@ -119,7 +119,8 @@ def claim_uid(base: int = DEFAULT_UID_BASE) -> tuple[int, int]:
     """A dedicated uid that no other worker, of this process or another, holds: `(uid, lock_fd)`.
 
     The claim is an flock on a file named after the uid; closing `lock_fd` (or dying) frees it.
-    A uid that still owns processes (left by a crashed run) is passed over.
+    A uid that still owns processes, even zombies waiting for init to reap them, is passed
+    over: RLIMIT_NPROC counts those too.
     """
     lock_dir = os.path.join(tempfile.gettempdir(), "qasynth-uids")
     os.makedirs(lock_dir, mode=0o700, exist_ok=True)
@@ -130,7 +131,7 @@ def claim_uid(base: int = DEFAULT_UID_BASE) -> tuple[int, int]:
         except BlockingIOError:
             os.close(fd)
             continue
-        if processes_of(uid):
+        if processes_of(uid, zombies=True):
             os.close(fd)
             continue
         return uid, fd
@@ -237,7 +238,18 @@ def build_launch(
     console = os.path.join(state, "console")
     worker_path = os.path.join(state, "worker.R")
     env = {**base_env, "HOME": scratch, "TMPDIR": scratch}
-    argv = [tools["R"], "--vanilla", "--no-echo", "-f", worker_path, "--args", "0", package_arg, console]
+    # Mode 2: the worker may sweep every process of its uid, which is its own only as root.
+    argv = [
+        tools["R"],
+        "--vanilla",
+        "--no-echo",
+        "-f",
+        worker_path,
+        "--args",
+        "2" if as_root else "0",
+        package_arg,
+        console,
+    ]
     return Launch(
         argv=argv,
         env=env,

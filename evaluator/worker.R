@@ -13,15 +13,18 @@
 # system() all land in the console, as in a terminal, and the snippet cannot reach
 # the request and reply pipes through them.
 #
-# Usage: R --vanilla --no-echo -f worker.R --args <sandboxed 0|1> <packages,comma,separated> <console>
+# Usage: R --vanilla --no-echo -f worker.R --args <mode 0|1|2> <packages,comma,separated> <console>
 #
-# Inside the bubblewrap sandbox (sandboxed = 1) this process is alone in its PID
-# namespace with the sandbox's reaper (pid 1): every other process was started by
-# a snippet, so after each snippet they are all killed, and while a snippet runs
-# their resident memory is added up against the request's total.
+# Mode 1, inside the bubblewrap sandbox: this process is alone in its PID namespace
+# with the sandbox's reaper (pid 1), so every other process was started by a snippet.
+# Mode 2, no namespaces but a uid of its own: every other process of this uid was
+# started by a snippet. Either way, after each snippet they are all killed, and while a
+# snippet runs their resident memory is added up against the request's total. Mode 0
+# (no namespace, a shared uid) can do neither.
 local({
   args <- commandArgs(trailingOnly = TRUE)
   sandboxed <- identical(args[1L], "1")
+  own_uid <- identical(args[1L], "2")
   packages <- if (length(args) >= 2L && nzchar(args[2L])) strsplit(args[2L], ",", fixed = TRUE)[[1L]] else character()
   console <- if (length(args) >= 3L) args[3L] else stop("worker.R needs the console path")
   options(warn = -1L)
@@ -117,16 +120,23 @@ local({
       rss_bytes = as.numeric(rest[22L]) * page_bytes
     )
   }
+  my_uid <- file.info("/proc/self", extra_cols = TRUE)$uid
   others <- function() {
-    pids <- suppressWarnings(as.integer(list.files("/proc", pattern = "^[0-9]+$")))
-    pids[!is.na(pids) & pids != 1L & pids != self_pid]
+    entries <- list.files("/proc", pattern = "^[0-9]+$")
+    pids <- suppressWarnings(as.integer(entries))
+    keep <- !is.na(pids) & pids != 1L & pids != self_pid
+    if (!sandboxed) {
+      if (!own_uid) return(integer())
+      uids <- file.info(file.path("/proc", entries), extra_cols = TRUE)$uid
+      keep <- keep & !is.na(uids) & uids == my_uid
+    }
+    pids[keep]
   }
   # Resident memory of every process a snippet started. A forked child shares the
   # worker's pages until it writes them, and RSS counts them again: subtract the
   # worker's own resident size once per process so an idle fork counts about zero.
   baseline_rss <- 0
   snippet_rss <- function() {
-    if (!sandboxed) return(0)
     total <- 0
     for (p in others()) {
       s <- proc_stat(p)
@@ -136,7 +146,6 @@ local({
   }
   # Kill every process but the reaper and this worker, until none is left.
   sweep <- function(child) {
-    if (!sandboxed) return(0L)
     killed <- integer()
     for (round in 1:100) {
       pids <- others()
@@ -178,9 +187,11 @@ local({
     }
     extra <- setdiff(list.files(state_dir, all.files = TRUE, no.. = TRUE), c("console", "progress", "worker.R"))
     unlink(file.path(state_dir, extra), recursive = TRUE, force = TRUE)
-    # Truncate without writing a byte: the console may sit at the file-size limit.
+    # A fresh, empty console (the old one may sit at the file-size limit, or a snippet may
+    # have replaced it with something else): nothing of the snippet's is alive by now.
+    Sys.chmod(state_dir, "0755")
+    unlink(c(console, progress_path), recursive = TRUE, force = TRUE)
     close(file(console, open = "w"))
-    unlink(progress_path)
   }
   read_head <- function(path, n) {
     size <- file.size(path)
@@ -412,6 +423,10 @@ local({
     }
     wipe()
     dirty <<- FALSE
+    # Without a PID namespace the processes killed above are reaped by the host's init, on
+    # its own time; until then they count against this uid's process limit. A fresh worker
+    # (on a fresh uid) is the clean way on.
+    retire <- own_uid && (leftover > 0L || !is.null(stopped))
     list(
       id = req$id,
       verdict = res$verdict,
@@ -424,7 +439,8 @@ local({
       duration_ms = round(duration * 1000, 3),
       cpu_ms = round(last_cpu * 1000),
       peak_mem_bytes = peak_mem,
-      leftover_processes = leftover
+      leftover_processes = leftover,
+      retire = retire
     )
   }
 
@@ -454,13 +470,17 @@ local({
     line <- readLines(input, n = 1L)
     if (!length(line)) break
     req <- tryCatch(parse_request(line), error = function(e) NULL)
+    # A worker that failed its own bookkeeping asks to be replaced: a snippet may have
+    # broken its state, and the next one deserves a clean sandbox.
     reply <- if (is.null(req)) {
-      list(id = "", verdict = "killed", message = "the worker could not read the request")
+      list(id = sub("\t.*", "", line), verdict = "killed", message = "the worker could not read the request",
+           retire = TRUE)
     } else {
       tryCatch(handle(req), error = function(e) {
-        list(id = req$id, verdict = "killed", message = paste("worker error:", conditionMessage(e)))
+        list(id = req$id, verdict = "killed", message = paste("worker error:", conditionMessage(e)), retire = TRUE)
       })
     }
     send(reply)
+    if (isTRUE(reply$retire)) break
   }
 })

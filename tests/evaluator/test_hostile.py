@@ -58,7 +58,7 @@ CASES = {
     ),
     "segfault": ("tools::pskill(Sys.getpid(), 11L)\nSys.sleep(1)", {"killed"}),
     "infinite recursion": ("f <- function(n) f(n + 1)\nf(1)", {"runtime_error"}),
-    "busy loop in C": ("x <- 0\nwhile (TRUE) x <- sum(runif(1e6))", {"timeout"}),
+    "endless loop calling C": ("x <- 0\nwhile (TRUE) x <- sum(runif(1e6))", {"timeout"}),
 }
 
 

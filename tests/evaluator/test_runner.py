@@ -165,3 +165,20 @@ async def test_describe(pool: WorkerPool) -> None:
     info = pool.describe()
     assert info["mode"] == "bwrap" and info["workers"] == "2"
     assert info["r_version"].startswith("4.")
+
+
+async def test_mode_none_still_limits_and_sweeps(pool: WorkerPool) -> None:
+    # No namespaces: only for machines without bubblewrap, and describe() says so.
+    async with WorkerPool(sandbox="none", workers=1, limits=pool.limits) as plain:
+        assert "not contained" in plain.describe()["warning"]
+        ok = await plain.run("print(mean(c(1, 2, 3)))")
+        left = await plain.run("system('sleep 300 &')\ncat('bye')")
+        big = await plain.run("x <- numeric(2.5e9)")
+        bomb = await plain.run("repeat parallel::mcparallel(Sys.sleep(100))")
+        after = await plain.run("cat(length(system('true', intern = TRUE)), 'ok')")
+    assert ok.verdict == "passed" and ok.stdout == "[1] 2\n"
+    if os.geteuid() == 0:  # a uid of its own: everything of that uid but the worker was the snippet's
+        assert left.verdict == "killed" and left.leftover_processes == 1
+    assert big.verdict == "memory_limit"
+    assert bomb.verdict in ("runtime_error", "timeout")
+    assert after.verdict == "passed" and after.stdout == "0 ok"
