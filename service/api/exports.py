@@ -18,6 +18,7 @@ from litestar.response import Stream
 
 from service.errors import InvalidInput
 from service.runtime import Runtime
+from service.stages.evaluate import evaluate_answer
 from service.stages.export import (
     Evaluate,
     export,
@@ -93,8 +94,6 @@ def labelstudio_config(locale: FromQuery[Literal["ja", "en"]] = "en") -> str:
 
 
 async def _evaluator(runtime: Runtime) -> Evaluate:
-    from service.stages.evaluate import evaluate_answer
-
     runner = await runtime.runner()
 
     def evaluate(task: str, answer: str) -> Any:

@@ -14,6 +14,7 @@ from litestar.response import Stream
 from service.api.problems import PROBLEM_400, problem_response
 from service.errors import ProviderRejected, ProviderUnavailable
 from service.runtime import Runtime
+from service.stages.evaluate import evaluate_answer
 from service.stages.pipeline import Evaluate, collect, run_job
 from service.stages.spec import resolve_spec
 from service.wire.evaluate import Evaluation
@@ -67,8 +68,6 @@ async def generate(
     provider = runtime.providers.get(data.model.provider)
     evaluate: Evaluate | None = None
     if data.evaluation.enabled:
-        from service.stages.evaluate import evaluate_answer  # TEMP-LAZY
-
         runner = await runtime.runner()
 
         async def evaluate(task: str, answer: str) -> Evaluation:

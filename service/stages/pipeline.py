@@ -22,10 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import ProviderError, ProviderRejected
+from service.errors import ProviderError, ProviderRejected, SandboxUnavailable
 from service.providers.base import Provider
 from service.stages.answers import generate_answer
 from service.stages.calls import Call, MalformedReply
+from service.stages.dedup import Deduplicator
 from service.stages.prompts import Template, load_template
 from service.stages.questions import generate_questions
 from service.stages.spec import Job, ResolvedTask, ResolvedTheme
@@ -75,8 +76,6 @@ class _Filter:
     one thread keeps offers in arrival order, which is the greedy filter's order."""
 
     def __init__(self, job: Job, executor: ThreadPoolExecutor, *, enabled: bool) -> None:
-        from service.stages.dedup import Deduplicator  # TEMP-LAZY
-
         self.enabled = enabled
         self._executor = executor
         self._dedup = Deduplicator(threshold=job.spec.dedup.threshold, tokenizer=job.spec.dedup.tokenizer)
@@ -340,7 +339,11 @@ class _Run:
             return
         evaluation = None
         if self.evaluate is not None:
-            evaluation = await self.evaluate(cell.task, answer)
+            try:
+                evaluation = await self.evaluate(cell.task, answer)
+            except SandboxUnavailable as exc:
+                self._fail(cell, "evaluation", "sandbox_unavailable", exc.detail, question=question, attempts=1)
+                return
             self.emit(Evaluated(id=pid, verdict=evaluation.verdict, flagged=evaluation.flagged))
             if evaluation.flagged:
                 self.counts.flagged += 1

@@ -313,3 +313,56 @@ async def test_japanese_locale_uses_the_japanese_templates(llm_server: FakeLLMSe
     assert any("日本語で解答を書いてください" in c.user for c in llm_server.calls)
     # Japanese questions are told apart by the Japanese tokenizer, not collapsed to nothing.
     assert body["counts"]["questions_dropped"] == 0
+
+
+def broken_r_reply(system: str, user: str) -> str:
+    """Questions as usual; every answer's R code fails at run time."""
+    if "### Q1" in system:
+        return default_reply(system, user)
+    return default_reply(system, user).replace("print(var(x))", 'stop("variance is undefined here")')
+
+
+@pytest.mark.sandbox
+async def test_pairs_carry_the_verdict_of_their_r_code(llm_server: FakeLLMServer) -> None:
+    spec = grid_spec(per_cell=1, evaluation={"enabled": True})
+    async with AsyncTestClient(create_app(settings_for(llm_server))) as client:
+        response = await client.post("/v1/generate", json=spec)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["pairs"]) == 6
+    for pair in body["pairs"]:
+        evaluation = pair["evaluation"]
+        assert evaluation["verdict"] == "passed" and evaluation["flagged"] is False
+        assert "[1]" in evaluation["stdout"] and "print(mean(x))" in evaluation["code"]
+    assert body["counts"]["flagged"] == 0
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize("policy", ["flag", "drop"])
+async def test_failing_r_is_flagged_or_dropped_by_policy(policy: str) -> None:
+    spec = grid_spec(
+        per_cell=1, tasks=[{"id": "generate"}], evaluation={"enabled": True, "on_failure": policy}
+    )
+    with FakeLLMServer(reply=broken_r_reply) as server:
+        async with AsyncTestClient(create_app(settings_for(server))) as client:
+            response = await client.post(
+                "/v1/generate", json=spec, headers={"Accept": "application/x-ndjson"}
+            )
+    events = [json.loads(line) for line in response.text.splitlines()]
+    done = events[-1]
+    assert done["event"] == "done" and done["counts"]["flagged"] == 3
+    evaluated = [e for e in events if e["event"] == "evaluated"]
+    assert [e["verdict"] for e in evaluated] == ["runtime_error"] * 3
+    pairs = [e["pair"] for e in events if e["event"] == "pair"]
+    dropped = [e["item"] for e in events if e["event"] == "dropped"]
+    if policy == "flag":
+        assert len(pairs) == 3 and not dropped
+        evaluation = pairs[0]["evaluation"]
+        assert evaluation["flagged"] and "variance is undefined here" in evaluation["message"]
+        assert "stop(" in (evaluation["failing_call"] or "")
+    else:
+        assert not pairs and len(dropped) == 3
+        assert all(d["stage"] == "evaluation" and "runtime_error" in d["reason"] for d in dropped)
+        assert done["counts"]["evaluation_dropped"] == 3
+    for cell in done["counts"]["cells"]:
+        assert cell["requested"] == cell["returned"] + cell["dropped"] + cell["failed"]
