@@ -2,7 +2,8 @@
 
 Each model answers the same fixed questions (English and Japanese) through the production path:
 the project's answer template (`prompts/answer.<locale>.md`), `LocalProvider`, and the R sandbox.
-An answer is *runnable* when its R code runs to the end in the sandbox; it is *in language* when
+An answer is *runnable* when its R code runs to the end in the sandbox and prints something (the
+conventions ask for printed results; a comment-only block does not count); it is *in language* when
 its prose is in the requested language, told apart by script (kana for Japanese, Han without
 kana for Chinese, Latin for English). Speeds come from the same calls: prompt tokens/s from a
 one-token call on an uncached prompt, decode tokens/s from output tokens over the rest of the
@@ -130,6 +131,8 @@ class _BwrapR:
                 return False, "timeout"
             lines = done.stderr.strip().splitlines()
             errors = [line for line in lines if line.startswith("Error")]
+            if done.returncode == 0 and not done.stdout.strip():
+                return False, "ran, printed nothing"
             return done.returncode == 0, ((errors or lines or [""])[-1])[:200]
 
     async def passed(self, task: str, answer: str) -> tuple[bool, str]:
@@ -153,6 +156,8 @@ class _ProjectEvaluator:
 
     async def passed(self, task: str, answer: str) -> tuple[bool, str]:
         result = await self._evaluate(self._runner, task=task, answer=answer)
+        if result.verdict == "passed" and not result.stdout.strip():
+            return False, "ran, printed nothing"
         if result.verdict == "passed":
             return True, ""
         return False, f"{result.verdict}: {result.message or ''}"[:200]
@@ -301,6 +306,31 @@ async def bench_job(model_id: str, *, threads: int, max_tokens: int, temperature
     )
 
 
+async def rescore(path: Path, force_bwrap: bool) -> None:
+    """Re-run the R of saved answers (same answers, same speeds) under the current checks."""
+    runner = await _evaluator(force_bwrap)
+    print(f"R checked by: {runner.kind}; answers from {path}", flush=True)
+    rows = []
+    try:
+        for saved in json.loads(await asyncio.to_thread(path.read_text)):
+            row = Row(**saved)
+            row.runnable = row.in_language = 0
+            for detail in row.details:
+                ok, why = await runner.passed("generate", detail["answer"])
+                detail.update(runnable=ok, why=why, language=detect_language(detail["answer"]))
+                row.runnable += ok
+                row.in_language += detail["language"] == detail["locale"]
+                print(
+                    f"  {row.model} {detail['locale']} {detail['theme']:16} runnable={ok!s:5} {why}",
+                    flush=True,
+                )
+            rows.append(row)
+    finally:
+        await runner.aclose()
+    print()
+    print(table(rows))
+
+
 def table(rows: list[Row]) -> str:
     head = (
         "| model | size MB | load s | runnable | in language | prompt tok/s | decode tok/s "
@@ -332,7 +362,11 @@ async def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write every answer and verdict here")
     parser.add_argument("--job", action="store_true", help="time a real 2x2x1 job through POST /v1/generate")
     parser.add_argument("--locale", default="en", choices=("en", "ja"), help="locale of the --job run")
+    parser.add_argument("--rescore", type=Path, default=None, help="re-check the answers saved by --json")
     args = parser.parse_args()
+    if args.rescore:
+        await rescore(args.rescore, args.bwrap)
+        return
     if args.job:
         model_id = (args.models or [_gguf.DEFAULT_MODEL.model_id])[0]
         await bench_job(

@@ -89,7 +89,7 @@ class LocalProvider:
         self._delegate: Any = None
         self._loaded: _Loaded | None = None
         self._status = "not started"
-        self._start_lock = asyncio.Lock()
+        self._starting: asyncio.Task[None] | None = None
         self._load_s: float | None = None
 
     @classmethod
@@ -141,30 +141,35 @@ class LocalProvider:
         return msgspec.structs.replace(completion, model=self.default_model)
 
     async def _ensure_started(self) -> Any:
-        if self._delegate is not None:
-            return self._delegate
-        async with self._start_lock:
-            if self._delegate is None:
-                self._status = "loading"
-                started = time.perf_counter()
-                try:
-                    self._loaded = await asyncio.to_thread(self._start_server)
-                except Exception as exc:
-                    self._status = f"failed: {exc}"
-                    raise ProviderUnavailable(
-                        f"the local model {self.describe()['model_file']} could not start: {exc}",
-                        provider=self.name,
-                    ) from exc
-                self._load_s = time.perf_counter() - started
-                self._delegate = self._make_delegate(self._loaded.base_url)
-                self._status = "ready"
-                log.info(
-                    "local model %s ready in %.1f s at %s",
-                    self.default_model,
-                    self._load_s,
-                    self._loaded.path,
-                )
+        """Start once; a caller that gives up (cancelled) does not abort a load others wait for."""
+        if self._delegate is None:
+            if self._starting is None:
+                self._starting = asyncio.create_task(self._start())
+            starting = self._starting
+            try:
+                await asyncio.shield(starting)
+            except ProviderUnavailable:
+                if self._starting is starting:
+                    self._starting = None  # the next call tries again
+                raise
         return self._delegate
+
+    async def _start(self) -> None:
+        self._status = "loading"
+        started = time.perf_counter()
+        try:
+            loaded = await asyncio.to_thread(self._start_server)
+        except Exception as exc:
+            self._status = f"failed: {exc}"
+            raise ProviderUnavailable(
+                f"the local model {self.describe()['model_file']} could not start: {exc}",
+                provider=self.name,
+            ) from exc
+        self._loaded = loaded
+        self._load_s = time.perf_counter() - started
+        self._delegate = self._make_delegate(loaded.base_url)
+        self._status = "ready"
+        log.info("local model %s ready in %.1f s at %s", self.default_model, self._load_s, loaded.path)
 
     def _start_server(self) -> _Loaded:
         """Blocking: assemble/verify the weights, load them, open the loopback listener."""
@@ -203,6 +208,10 @@ class LocalProvider:
         return OpenAIProvider(client, name=self.name, default_model=self.default_model, concurrency=1)
 
     async def aclose(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.done():
+            # Let a load in progress finish, so its server is stopped here rather than leaked.
+            await asyncio.gather(starting, return_exceptions=True)
         delegate, loaded = self._delegate, self._loaded
         self._delegate = self._loaded = None
         if delegate is not None:

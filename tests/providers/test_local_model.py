@@ -59,6 +59,22 @@ async def test_completes_and_reuses_the_cached_system_prompt() -> None:
     assert provider.describe()["status"] == "stopped"
 
 
+async def test_a_cancelled_first_call_does_not_abort_the_load() -> None:
+    provider = LocalProvider.from_settings(SETTINGS)
+    try:
+        first = asyncio.create_task(provider.complete(_ask("Explain var() in R.")))
+        await asyncio.sleep(0.3)
+        assert provider.describe()["status"] == "loading"
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        completion = await provider.complete(_ask("Explain mean() in R.", max_tokens=8))
+        assert completion.text.strip()
+        assert provider.describe()["status"] == "ready"
+    finally:
+        await provider.aclose()
+
+
 async def test_health_answers_while_the_model_loads_and_generates() -> None:
     app = create_app(SETTINGS)
     async with AsyncTestClient(app) as client:
