@@ -144,18 +144,19 @@ local({
     }
     total
   }
-  # Kill every process but the reaper and this worker, until none is left.
+  # Kill every process but the reaper and this worker, until none is left. `child`, the
+  # snippet's own process, is already dead or dying by now and is not waited for.
   sweep <- function(child) {
     killed <- integer()
     for (round in 1:100) {
-      pids <- others()
+      pids <- setdiff(others(), child)
       live <- pids[vapply(pids, function(p) {
         s <- proc_stat(p)
         !is.null(s) && !(s$state %in% c("Z", "X"))
       }, logical(1))]
       if (!length(live)) break
       tools::pskill(live, tools::SIGKILL)
-      killed <- union(killed, setdiff(live, child))
+      killed <- union(killed, live)
       Sys.sleep(0.0005)
     }
     length(killed)
@@ -384,14 +385,10 @@ local({
       }
     }
     duration <- proc.time()[["elapsed"]] - started
-    # The child exits right after sending its result, once it has told us so and we have
-    # answered (parallel's handshake: the child waits for the master's SIGUSR1, which
-    # readChild sends when it reads that last message). The sweep then kills whatever is
-    # still alive; the child itself does not count as left behind.
-    if (!is.null(data)) {
-      ready <- parallel:::selectChildren(job, timeout = 0.5)
-      if (is.integer(ready) && pid %in% ready) parallel:::readChild(pid)
-    }
+    # With its result sent the child has nothing left to do (it would only wait for
+    # parallel's exit handshake): end it now. The sweep then kills whatever else is alive;
+    # the child itself does not count as left behind.
+    if (!is.null(data)) tools::pskill(pid, tools::SIGKILL)
     progress <- read_progress()
     leftover <- sweep(pid)
     parallel:::rmChild(pid)
