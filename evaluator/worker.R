@@ -227,6 +227,7 @@ local({
     if (nchar(text) > 300L) text <- paste0(substr(text, 1L, 297L), "...")
     text
   }
+  time_limits <- list(cpu = 0, wall = 0)
   run_snippet <- function(code) {
     warnings <- character()
     failing_call <- NULL
@@ -254,14 +255,18 @@ local({
       NA_integer_
     }
     quit_status <- NULL
-    progress <- file(progress_path, open = "w")
+    progress <- tryCatch(file(progress_path, open = "w"), error = function(e) NULL)
     outcome <- tryCatch(
       withCallingHandlers(
         {
           for (i in seq_along(exprs)) {
             current <- i
-            cat(if (length(srcrefs) >= i) srcrefs[[i]][1L] else i, "\n", sep = "", file = progress)
-            flush(progress)
+            # Bookkeeping must not become the snippet's error (a full /tmp, closeAllConnections()):
+            # the inner tryCatch catches before the calling handlers below ever see it.
+            tryCatch({
+              cat(if (length(srcrefs) >= i) srcrefs[[i]][1L] else i, "\n", sep = "", file = progress)
+              flush(progress)
+            }, error = function(e) NULL)
             r <- withVisible(eval(exprs[[i]], envir = globalenv()))
             if (r$visible) {
               if (isS4(r$value)) methods::show(r$value) else print(r$value)
@@ -271,6 +276,11 @@ local({
           NULL
         },
         warning = function(w) {
+          # As a script would: warn >= 2 turns the warning into an error (R's default handler
+          # does that, so let it run), warn < 0 drops it.
+          level <- getOption("warn", 0)
+          if (is.numeric(level) && level >= 2) return()
+          if (is.numeric(level) && level < 0) invokeRestart("muffleWarning")
           call <- conditionCall(w)
           if (identical(call, eval_call)) call <- NULL
           text <- conditionMessage(w)
@@ -308,6 +318,13 @@ local({
       } else {
         "runtime_error"
       }
+      if (verdict == "timeout") {
+        msg <- if (grepl("CPU", msg)) {
+          sprintf("used more than %g s of CPU time (%s)", time_limits$cpu, msg)
+        } else {
+          sprintf("still running after %g s (%s)", time_limits$wall, msg)
+        }
+      }
       return(list(verdict = verdict, message = msg, failing_call = failing_call, line = line, warnings = warnings))
     }
     list(verdict = "passed", warnings = warnings)
@@ -330,6 +347,7 @@ local({
     Sys.setenv(HOME = work_dir)
     sink(stdout(), type = "message")
     options(warn = 0L)
+    time_limits <<- list(cpu = req$cpu_s, wall = req$wall_s)
     if (req$cpu_s > 0) setTimeLimit(cpu = req$cpu_s, elapsed = req$wall_s)
     res <- tryCatch(run_snippet(req$code), error = function(e) {
       list(verdict = "runtime_error", message = conditionMessage(e))

@@ -10,6 +10,8 @@ from litestar.testing import AsyncTestClient
 from evaluator import FakeRunner, RunResult
 from service.app import create_app
 from service.settings import Settings
+from tests.conftest import settings_for
+from tests.fakes.llm_server import FakeLLMServer
 
 
 def app_with(runner: FakeRunner | None = None, **settings: object):  # type: ignore[no-untyped-def]
@@ -108,3 +110,43 @@ async def test_end_to_end_in_the_real_sandbox() -> None:
     )
     assert p["verdict"] == "parse_error"
     assert ready.json()["sandbox"]["mode"] == "bwrap" and ready.json()["sandbox"]["status"] == "ok"
+
+
+def generate_spec(on_failure: str) -> dict[str, object]:
+    return {
+        "tasks": [{"id": "generate"}],
+        "themes": [{"id": "mean-variance"}],
+        "per_cell": 3,
+        "model": {"provider": "openai", "questions_per_call": 3},
+        "evaluation": {"enabled": True, "on_failure": on_failure},
+    }
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(
+    shutil.which("bwrap") is None or shutil.which("R") is None, reason="needs R and bubblewrap"
+)
+async def test_generate_evaluates_every_answer_in_the_real_sandbox(llm_server: FakeLLMServer) -> None:
+    app = create_app(settings_for(llm_server, sandbox="bwrap", eval_workers=1))
+    async with AsyncTestClient(app) as client:
+        response = await client.post("/v1/generate", json=generate_spec("flag"))
+    assert response.status_code == 200, response.text
+    pairs = response.json()["pairs"]
+    assert len(pairs) == 3
+    for pair in pairs:
+        ev = pair["evaluation"]
+        assert ev["verdict"] == "passed" and not ev["flagged"], ev
+        assert ev["stdout"].startswith("[1] ") and ev["code"].startswith("x <- c(")
+
+
+async def test_generate_drops_failing_answers_under_drop(llm_server: FakeLLMServer) -> None:
+    failing = FakeRunner(lambda code: RunResult(verdict="runtime_error", message="boom", line=1))
+    async with AsyncTestClient(create_app(settings_for(llm_server), runner=failing)) as client:
+        response = await client.post("/v1/generate", json=generate_spec("drop"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["pairs"] == []
+    assert body["counts"]["evaluation_dropped"] == 3 and body["counts"]["flagged"] == 3
+    assert {d["stage"] for d in body["dropped"]} == {"evaluation"}
+    assert all("runtime_error: boom" in d["reason"] for d in body["dropped"])
+    assert len(failing.calls) == 3

@@ -182,3 +182,20 @@ async def test_mode_none_still_limits_and_sweeps(pool: WorkerPool) -> None:
     assert big.verdict == "memory_limit"
     assert bomb.verdict in ("runtime_error", "timeout")
     assert after.verdict == "passed" and after.stdout == "0 ok"
+
+
+async def test_script_semantics_at_the_edges(pool: WorkerPool) -> None:
+    strict, quiet, closed = await asyncio.gather(
+        pool.run("options(warn = 2)\nsqrt(-1)"),
+        pool.run("options(warn = -1)\nx <- sqrt(-1)\ncat('quiet')"),
+        pool.run("closeAllConnections()\nx <- 1\nstop('after')"),
+    )
+    assert strict.verdict == "runtime_error" and "(converted from warning)" in (strict.message or "")
+    assert quiet.verdict == "passed" and quiet.warnings == () and quiet.stdout == "quiet"
+    assert closed.verdict == "runtime_error" and closed.message == "after" and closed.line == 3
+
+
+async def test_timeout_message_names_the_limit(pool: WorkerPool) -> None:
+    r = await pool.run("repeat {}")
+    assert r.verdict == "timeout"
+    assert r.message is not None and r.message.startswith(f"still running after {pool.limits.wall_s:g} s")
