@@ -5,7 +5,9 @@
         Lines (one object a line) or one JSON document: a list of objects, or an object
         with a "pairs" list (a /v1/generate response). Each object needs "answer";
         "id", "task", "theme" and "question" are used when present. An object that
-        already has an "evaluation" is reported as it is, unless --rerun.
+        already has an "evaluation" is reported as it is, unless --rerun. Objects with an
+        "expected_verdict" make it a validation of the evaluator too: the report counts
+        how many got the verdict they were expected to get, and lists the others.
     run FILE...
         Run R files (.R) or markdown answers (.md) and print one JSON verdict per file.
     check
@@ -110,6 +112,9 @@ async def _report(args: argparse.Namespace) -> int:
                 question=str(row.get("question") or ""),
                 answer=row["answer"],
                 check=check,
+                expected=row.get("expected_verdict")
+                if isinstance(row.get("expected_verdict"), str)
+                else None,
             )
         )
     report = build_report(entries, title=args.title, environment=environment)
@@ -118,6 +123,13 @@ async def _report(args: argparse.Namespace) -> int:
         _write(args.json, msgspec.json.format(msgspec.json.encode(report), indent=2))
     summary = ", ".join(f"{v} {n}" for v, n in report.verdicts.items())
     print(f"{report.total} answers: {summary}; {report.flagged} flagged -> {args.output}")
+    if report.expected_total:
+        print(f"expected verdicts: {report.expected_agree} of {report.expected_total} agree")
+        for i in report.disagreements:
+            print(
+                f"  {i}: expected {next(e.expected for e in entries if e.id == i)}, got "
+                f"{next(e.verdict for e in entries if e.id == i)}"
+            )
     return 2 if report.flagged else 0
 
 

@@ -63,6 +63,8 @@ class ReportEntry(msgspec.Struct, frozen=True, kw_only=True):
     question: str = ""
     answer: str = ""
     check: Check | None = None
+    expected: str | None = None
+    """A verdict someone expects (a labelled validation set); the report counts agreement."""
 
     @property
     def verdict(self) -> str:
@@ -93,6 +95,10 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     groups: list[ReportGroup]
     entries: list[ReportEntry]
     environment: dict[str, str] = {}
+    expected_total: int = 0
+    expected_agree: int = 0
+    disagreements: list[str] = []
+    """Ids of entries whose verdict is not the expected one."""
 
     @property
     def pass_rate(self) -> float:
@@ -113,6 +119,8 @@ def build_report(
     groups: dict[tuple[str, str], list[ReportEntry]] = {}
     for e in items:
         groups.setdefault((e.task, e.theme), []).append(e)
+    labelled = [e for e in items if e.expected is not None]
+    disagree = [e.id for e in labelled if e.expected != e.verdict]
     rank = {v: i for i, v in enumerate(VERDICT_ORDER)}
     ordered = sorted(items, key=lambda e: (not e.flagged, rank.get(e.verdict, 99), e.id))
     return Report(
@@ -136,6 +144,9 @@ def build_report(
         ],
         entries=ordered,
         environment=dict(environment or {}),
+        expected_total=len(labelled),
+        expected_agree=len(labelled) - len(disagree),
+        disagreements=disagree,
     )
 
 
@@ -162,6 +173,8 @@ table { border-collapse: collapse; width: 100%; font-size: 14px; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { background: var(--bg); font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+th.v { font-size: 12px; font-weight: 600; }
+.wide { overflow-x: auto; }
 .badge { display: inline-block; color: #fff; border-radius: 4px; padding: 0 7px; font-size: 12px; font-weight: 600;
          white-space: nowrap; }
 details.item { border: 1px solid var(--line); border-radius: 8px; margin: 10px 0; background: #fff; }
@@ -187,6 +200,8 @@ pre.out { background: var(--bg); color: var(--fg); padding: 10px 12px; max-heigh
 .ln.hit { background: #5c1a1a; }
 .ln.hit::before { color: #ffb4b4; }
 ul.warn { margin: 0; padding-left: 20px; font-size: 14px; }
+.expected { color: #b71c1c; font-size: 13px; font-weight: 600; }
+.agree { font-size: 15px; margin: 0 0 10px; }
 .env { font-size: 13px; color: var(--muted); }
 .env td { padding: 3px 10px; border: 0; }
 @media print { details.item { break-inside: avoid; } }
@@ -217,6 +232,8 @@ def _entry(e: ReportEntry, *, open_: bool) -> str:
         f'<details class="item" id="{_e(e.id)}"{" open" if open_ else ""}>',
         f'<summary>{_badge(e.verdict)} <span class="id">{_e(e.id)}</span> <span class="where">{_e(where)}</span>',
     ]
+    if e.expected is not None and e.expected != e.verdict:
+        parts.append(f'<span class="expected">expected {_e(e.expected)}</span>')
     if c is not None and c.message:
         first = c.message.splitlines()[0] if c.message.splitlines() else c.message
         parts.append(f'<span class="where">— {_e(first[:140])}</span>')
@@ -271,7 +288,7 @@ def render_html(report: Report) -> str:
         for v, n in report.verdicts.items()
     )
     verdict_cols = [v for v in VERDICT_ORDER if v in report.verdicts]
-    head = "".join(f'<th class="num">{_e(v)}</th>' for v in verdict_cols)
+    head = "".join(f'<th class="num v">{_e(v).replace("_", "_<wbr>")}</th>' for v in verdict_cols)
     rows = "".join(
         f"<tr><td>{_e(g.task)}</td><td>{_e(g.theme)}</td><td class='num'>{g.total}</td>"
         f"<td class='num'>{g.flagged}</td>"
@@ -295,10 +312,32 @@ def render_html(report: Report) -> str:
         + "</div>",
         f'<div class="bar">{bar}</div><div class="legend">{legend}</div>',
         "<h2>By task and theme</h2>",
-        f"<table><thead><tr><th>task</th><th>theme</th><th class='num'>answers</th><th class='num'>flagged</th>"
-        f"{head}</tr></thead><tbody>{rows}</tbody></table>",
-        f"<h2>Flagged answers ({len(flagged)})</h2>",
+        f"<div class='wide'><table><thead><tr><th>task</th><th>theme</th><th class='num'>answers</th>"
+        f"<th class='num'>flagged</th>{head}</tr></thead><tbody>{rows}</tbody></table></div>",
     ]
+    if report.expected_total:
+        by_id = {e.id: e for e in report.entries}
+
+        def row(i: str) -> str:
+            e = by_id[i]
+            evidence = (e.check.message or "") if e.check is not None else ""
+            return (
+                f"<tr><td class='id'><a href='#{_e(i)}'>{_e(i)}</a></td><td>{_badge(e.expected or '')}</td>"
+                f"<td>{_badge(e.verdict)}</td><td>{_e(evidence)}</td></tr>"
+            )
+
+        rows_x = "".join(row(i) for i in report.disagreements)
+        out += [
+            "<h2>Against the expected verdicts</h2>",
+            f'<p class="agree"><b>{report.expected_agree} of {report.expected_total}</b> labelled answers got the '
+            f"verdict they were expected to get.</p>",
+        ]
+        if rows_x:
+            out.append(
+                "<table><thead><tr><th>id</th><th>expected</th><th>got</th><th>evidence</th></tr></thead>"
+                f"<tbody>{rows_x}</tbody></table>"
+            )
+    out.append(f"<h2>Flagged answers ({len(flagged)})</h2>")
     if flagged:
         out += [_entry(e, open_=i < 50) for i, e in enumerate(flagged)]
     else:

@@ -132,3 +132,23 @@ async def test_evidence_of_the_big_ones() -> None:
     assert out.stdout.startswith("x" * 1000) and len(out.stdout) == HOSTILE_LIMITS.keep_bytes
     assert out.stdout_truncated
     assert "unable to fork" in (bomb.message or "") or bomb.verdict == "timeout"
+
+
+async def test_a_frozen_worker_meets_the_pools_deadline() -> None:
+    # SIGSTOP to its own worker: nothing inside the sandbox can end the snippet any more.
+    async with WorkerPool(workers=1, limits=Limits(wall_s=2.0, cpu_s=2.0)) as pool:
+        r = await pool.run(
+            "pp <- as.integer(strsplit(readLines('/proc/self/stat'), ' ')[[1]][4])\n"
+            "tools::pskill(pp, tools::SIGSTOP)\nSys.sleep(60)"
+        )
+        after = await pool.run("cat('ok')")
+    assert r.verdict == "timeout" and "the sandbox was killed" in (r.message or "")
+    assert after.verdict == "passed" and pool.restarts == 1
+
+
+async def test_the_machine_running_low_on_memory_stops_snippets() -> None:
+    # A floor above any machine's memory: the pool's watch must stop the snippet at once.
+    async with WorkerPool(workers=1, limits=Limits(wall_s=5.0, cpu_s=5.0, host_min_free_mb=10**9)) as pool:
+        r = await pool.run("Sys.sleep(4)")
+    assert r.verdict == "memory_limit" and "ran low on memory" in (r.message or "")
+    assert r.duration_ms < 2000

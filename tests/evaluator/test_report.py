@@ -132,3 +132,39 @@ def test_cli_run_and_check(tmp_path: Path) -> None:
         [sys.executable, "-m", "evaluator", "check"], capture_output=True, text=True, timeout=120
     )
     assert check.returncode == 0 and json.loads(check.stdout)["probe"] == "passed"
+
+
+def test_expected_verdicts_are_counted() -> None:
+    entries = [
+        ReportEntry(id="x", task="generate", check=Check(verdict="passed"), expected="passed"),
+        ReportEntry(
+            id="y", task="generate", check=Check(verdict="timeout", message="slow"), expected="passed"
+        ),
+        ReportEntry(id="z", task="generate", check=Check(verdict="passed")),
+    ]
+    report = build_report(entries, now=NOW)
+    assert (report.expected_total, report.expected_agree, report.disagreements) == (2, 1, ["y"])
+    page = render_html(report)
+    assert "<b>1 of 2</b> labelled answers" in page and "expected passed" in page
+
+
+CASES = Path(__file__).resolve().parents[1] / "data" / "evaluator_cases.jsonl"
+
+
+@needs_sandbox
+@pytest.mark.sandbox
+def test_the_labelled_cases_all_get_their_expected_verdict(tmp_path: Path) -> None:
+    """33 answers, each labelled with the verdict it must get: every verdict, several ways each."""
+    js = tmp_path / "cases.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "evaluator", "--wall-s", "3", "report", str(CASES),
+         "--html", str(tmp_path / "cases.html"), "--json", str(js)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    data = json.loads(js.read_text())
+    assert data["expected_total"] == 33
+    assert data["disagreements"] == [], proc.stdout
+    assert set(data["verdicts"]) == {
+        "passed", "no_code", "parse_error", "runtime_error", "timeout", "memory_limit", "output_limit", "killed",
+    }  # fmt: skip
