@@ -16,24 +16,47 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 from litestar.testing import AsyncTestClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from service.app import create_app
-from service.settings import Settings
-from tests.fakes.llm_server import FakeLLMServer
+from service.app import create_app  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 
-def _caller(
-    server: FakeLLMServer, concurrency: int
-) -> tuple[openai.AsyncOpenAI, Callable[[str], Awaitable[str]]]:
+class _External:
+    def __init__(self, port: int) -> None:
+        self.openai_base_url = f"http://127.0.0.1:{port}/v1"
+
+
+@contextlib.contextmanager
+def external_server(latency_s: float) -> Iterator[Any]:
+    """The fake server in a process of its own, so its threads do not compete for this one's GIL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.llm_server", "--latency", str(latency_s)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield _External(int(proc.stdout.readline()))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _caller(server: Any, concurrency: int) -> tuple[openai.AsyncOpenAI, Callable[[str], Awaitable[str]]]:
     client = openai.AsyncOpenAI(api_key="x", base_url=server.openai_base_url, max_retries=0)
     slots = asyncio.Semaphore(concurrency)
 
@@ -47,7 +70,7 @@ def _caller(
     return client, call
 
 
-async def plain(server: FakeLLMServer, pairs: int, concurrency: int) -> float:
+async def plain(server: Any, pairs: int, concurrency: int) -> float:
     client, call = _caller(server, concurrency)
 
     async def chain(i: int) -> None:
@@ -61,7 +84,7 @@ async def plain(server: FakeLLMServer, pairs: int, concurrency: int) -> float:
     return elapsed
 
 
-async def barrier(server: FakeLLMServer, pairs: int, concurrency: int) -> float:
+async def barrier(server: Any, pairs: int, concurrency: int) -> float:
     client, call = _caller(server, concurrency)
     started = time.perf_counter()
     questions = await asyncio.gather(*(call(f"question {i}") for i in range(pairs)))
@@ -71,7 +94,7 @@ async def barrier(server: FakeLLMServer, pairs: int, concurrency: int) -> float:
     return elapsed
 
 
-async def qasynth(server: FakeLLMServer, pairs: int, concurrency: int) -> tuple[float, int]:
+async def qasynth(server: Any, pairs: int, concurrency: int) -> tuple[float, int]:
     themes = [{"id": f"theme-{i}", "description": f"statistics topic number {i}"} for i in range(pairs // 10)]
     spec = {
         "tasks": [{"id": "generate"}],
@@ -100,7 +123,7 @@ async def main() -> None:
     ideal = args.concurrency / (2 * args.latency)
     print(f"N={args.pairs} pairs, C={args.concurrency}, latency {args.latency * 1000:.0f} ms")
     print(f"ideal: {ideal:.1f} pairs/s")
-    with FakeLLMServer(latency_s=args.latency) as server:
+    with external_server(args.latency) as server:
         t_plain = await plain(server, args.pairs, args.concurrency)
         t_ours, produced = await qasynth(server, args.pairs, args.concurrency)
         t_barrier = await barrier(server, args.pairs, args.concurrency)

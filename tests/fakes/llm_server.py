@@ -216,3 +216,23 @@ class FakeLLMServer:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def main() -> None:
+    """Serve from a process of its own (benchmarks: keeps the server's threads off the client's GIL)."""
+    import argparse
+    import contextlib
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    server = FakeLLMServer(latency_s=args.latency)
+    print(server.port, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server._server.serve_forever()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
