@@ -6,7 +6,7 @@ C / (2 × latency) pairs/s. Three runs, one after the other on the same server:
 
   plain     asyncio.gather over N (question call → answer call) chains, openai SDK, semaphore C:
             the best a hand-written loop does;
-  qasynth   POST /v1/generate through the real app (spec, prompts, dedup, NDJSON-free JSON response);
+  qasynth   POST /v1/generate to the real service (`python -m service serve`) in its own process;
   barrier   the same chains with a stage barrier (all questions, then all answers), for scale.
 
 Usage: python benchmarks/bench_pipeline.py [--pairs 200] [--concurrency 16] [--latency 0.2]
@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -24,14 +26,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
-from litestar.testing import AsyncTestClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from service.app import create_app  # noqa: E402
-from service.settings import Settings  # noqa: E402
 
 
 class _External:
@@ -95,6 +94,7 @@ async def barrier(server: Any, pairs: int, concurrency: int) -> float:
 
 
 async def qasynth(server: Any, pairs: int, concurrency: int) -> tuple[float, int]:
+    """The real service in a process of its own (`python -m service serve`), as it is deployed."""
     themes = [{"id": f"theme-{i}", "description": f"statistics topic number {i}"} for i in range(pairs // 10)]
     spec = {
         "tasks": [{"id": "generate"}],
@@ -103,13 +103,42 @@ async def qasynth(server: Any, pairs: int, concurrency: int) -> tuple[float, int
         "model": {"provider": "openai", "questions_per_call": 1},
         "evaluation": {"enabled": False},
     }
-    settings = Settings(
-        openai_api_key="x", openai_base_url=server.openai_base_url, concurrency=concurrency, max_retries=0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": "x",
+        "OPENAI_BASE_URL": server.openai_base_url,
+        "QASYNTH_CONCURRENCY": str(concurrency),
+        "QASYNTH_MAX_RETRIES": "0",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        cwd=ROOT,
+        env=env,
     )
-    async with AsyncTestClient(create_app(settings), timeout=600) as client:
-        started = time.perf_counter()
-        response = await client.post("/v1/generate", json=spec)
-        elapsed = time.perf_counter() - started
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            started = time.perf_counter()
+            response = await client.post("/v1/generate", json=spec)
+            elapsed = time.perf_counter() - started
+    finally:
+        proc.terminate()
+        await proc.wait()
     response.raise_for_status()
     return elapsed, len(response.json()["pairs"])
 
