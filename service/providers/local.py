@@ -91,6 +91,8 @@ class LocalProvider:
         self._status = "not started"
         self._starting: asyncio.Task[None] | None = None
         self._load_s: float | None = None
+        # Per process: only this provider can use the loopback server.
+        self._api_key = secrets.token_urlsafe(24)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalProvider:
@@ -184,7 +186,6 @@ class LocalProvider:
         params.model_alias = {self.default_model}
         params.hostnames = ["127.0.0.1"]
         params.port = 0  # the server binds a free port itself: no race with another process
-        self._api_key = secrets.token_urlsafe(24)
         params.api_keys = [self._api_key]
         params.n_parallel = 1
         params.n_ctx = self._context
