@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tasks", default="explain,generate")
     demo.add_argument("--themes", default="mean-variance,hypothesis-tests")
     demo.add_argument("--per-cell", type=int, default=1)
-    demo.add_argument("--max-tokens", type=int, default=600)
+    demo.add_argument("--max-tokens", type=int, default=512)
     demo.add_argument("--provider", choices=["openai", "anthropic", "local"])
     demo.set_defaults(func=_demo)
 

@@ -56,7 +56,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     anthropic_api_key: str | None = None
     anthropic_base_url: str | None = None
     anthropic_model: str = "claude-3-5-haiku-latest"
-    # None: openai if its key is set, else anthropic if its key is set, else local.
+    # None: openai if its key or base URL is set, else anthropic likewise, else local.
     default_provider: Literal["openai", "anthropic", "local"] | None = None
 
     local_model_path: str | None = None
@@ -106,8 +106,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def resolved_default_provider(self) -> Literal["openai", "anthropic", "local"]:
         if self.default_provider is not None:
             return self.default_provider
-        if self.openai_api_key:
+        if self.openai_api_key or self.openai_base_url:
             return "openai"
-        if self.anthropic_api_key:
+        if self.anthropic_api_key or self.anthropic_base_url:
             return "anthropic"
         return "local"

@@ -33,6 +33,11 @@ def test_sdk_variables_and_overrides() -> None:
     assert s.r_packages == ("stats", "utils", "MASS")
     assert s.resolved_default_provider == "openai"
     assert Settings.from_env({"ANTHROPIC_API_KEY": "k"}).resolved_default_provider == "anthropic"
+    # A keyless OpenAI-compatible server (vLLM, Ollama) is chosen by its base URL alone.
+    assert (
+        Settings.from_env({"OPENAI_BASE_URL": "http://127.0.0.1:11434/v1"}).resolved_default_provider
+        == "openai"
+    )
     assert (
         Settings.from_env({"OPENAI_API_KEY": "k", "QASYNTH_PROVIDER": "local"}).resolved_default_provider
         == "local"

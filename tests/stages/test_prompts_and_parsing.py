@@ -132,3 +132,12 @@ def test_parse_answer() -> None:
         parse_answer("  \n")
     with pytest.raises(MalformedReply, match="unclosed code fence"):
         parse_answer("Here is the code:\n```r\nx <- rnorm(10)\nprint(mean(x)")
+
+
+def test_echoed_few_shot_layout_is_stripped() -> None:
+    echoed = "## Example 2 (generate)\nQuestion:\nHow do I get a mean?\n\nAnswer:\nUse mean(x) on the numeric vector x."
+    assert parse_answer(echoed) == "Use mean(x) on the numeric vector x."
+    assert (
+        parse_answer("## Example 1 (fix)\nUse mean(x) on the numeric vector.")
+        == "Use mean(x) on the numeric vector."
+    )
