@@ -6,9 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
 "$venv/bin/pip" install -q -e '.[local]'
-"$venv/bin/python" - <<'PY'
-from service.providers import _gguf
-
-model = _gguf.ensure_model(_gguf.DEFAULT_MODEL)
-print(f"{model.model_id}: {model.path} ({model.size} bytes, sha256 {model.sha256} verified)")
-PY
+"$venv/bin/python" -m service prepare-model
