@@ -354,6 +354,8 @@ class WorkerPool:
         self._r_version = ""
         self._bwrap_version = ""
         self.restarts = 0
+        self.uids: set[int] = set()
+        """Every dedicated uid this pool's workers have run as (empty when not started as root)."""
 
     async def __aenter__(self) -> WorkerPool:
         await self.start()
@@ -384,6 +386,8 @@ class WorkerPool:
             await worker.close()
             return
         self._r_version = worker.r_version
+        if worker.uid is not None:
+            self.uids.add(worker.uid)
         self._workers[slot] = worker
         self._idle.put_nowait(worker)
 
