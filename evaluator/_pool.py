@@ -343,7 +343,8 @@ class WorkerPool:
         self.packages = tuple(packages)
         self.limits = limits or Limits()
         self.uid_base = uid_base
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._idle: asyncio.Queue[_Worker | None] = asyncio.Queue()
+        self._waiting = 0
         self._workers: dict[int, _Worker] = {}
         self._busy: set[_Worker] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -413,17 +414,31 @@ class WorkerPool:
                 last = str(exc)
         if not self._workers:
             self._broken = last
+            self._wake_waiters()
+
+    def _unusable(self) -> str | None:
+        if self._closed:
+            return "the R worker pool is closed"
+        if self._broken is not None and not self._workers:
+            return f"no R worker could be restarted: {self._broken}"
+        return None
+
+    def _wake_waiters(self) -> None:
+        """A `None` per waiting caller: each wakes, sees the pool is unusable, and says why."""
+        for _ in range(self._waiting):
+            self._idle.put_nowait(None)
 
     async def _acquire(self) -> _Worker:
         while True:
-            if self._closed:
-                raise SandboxUnavailable("the R worker pool is closed")
-            if self._broken is not None and not self._workers:
-                raise SandboxUnavailable(f"no R worker could be restarted: {self._broken}")
+            if (why := self._unusable()) is not None:
+                raise SandboxUnavailable(why)
+            self._waiting += 1
             try:
-                return await asyncio.wait_for(self._idle.get(), 1.0)
-            except TimeoutError:
-                continue
+                worker = await self._idle.get()
+            finally:
+                self._waiting -= 1
+            if worker is not None:
+                return worker
 
     async def run(self, code: str) -> RunResult:
         """Run one snippet in a fresh fork of a warm worker."""
@@ -475,6 +490,7 @@ class WorkerPool:
 
     async def aclose(self) -> None:
         self._closed = True
+        self._wake_waiters()
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):

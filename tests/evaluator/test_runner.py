@@ -199,3 +199,18 @@ async def test_timeout_message_names_the_limit(pool: WorkerPool) -> None:
     r = await pool.run("repeat {}")
     assert r.verdict == "timeout"
     assert r.message is not None and r.message.startswith(f"still running after {pool.limits.wall_s:g} s")
+
+
+async def test_closing_the_pool_releases_every_waiting_caller(pool: WorkerPool) -> None:
+    from evaluator import SandboxUnavailable
+
+    one = WorkerPool(workers=1, limits=pool.limits)
+    await one.start()
+    runs = [asyncio.create_task(one.run("Sys.sleep(2)")) for _ in range(3)]
+    await asyncio.sleep(0.5)
+    await one.aclose()
+    results = await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 10)
+    waiting = [r for r in results if isinstance(r, SandboxUnavailable)]
+    assert len(waiting) == 2 and "closed" in str(waiting[0])
+    with pytest.raises(SandboxUnavailable):
+        await one.run("1")
