@@ -118,6 +118,8 @@ class _Worker:
         self.jobs = 0
         self.uid: int | None = None  # the dedicated uid, when started as root
         self._uid_lock: int | None = None
+        self._stderr_tail = b""
+        self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         worker_r = worker_w = None
@@ -171,6 +173,7 @@ class _Worker:
                 if fd is not None:
                     os.close(fd)
         self.reader = self.proc.stdout
+        self._drain = asyncio.create_task(self._drain_stderr())
         try:
             raw = await asyncio.wait_for(self.reader.readline(), START_TIMEOUT_S)
         except TimeoutError:
@@ -185,13 +188,24 @@ class _Worker:
         self.r_version = hello.r_version
         self.alive = True
 
+    async def _drain_stderr(self) -> None:
+        """Keep reading the worker's stderr (bwrap's and R's own complaints) so it can never fill
+        up and stall the worker; the last few kB explain a worker that would not start."""
+        assert self.proc is not None and self.proc.stderr is not None
+        with contextlib.suppress(Exception):
+            while chunk := await self.proc.stderr.read(4096):
+                self._stderr_tail = (self._stderr_tail + chunk)[-4000:]
+
     async def _failure_text(self) -> str:
         parts = []
-        if self.proc is not None and self.proc.stderr is not None:
+        if self.proc is not None:
+            self.kill("start failed")
             with contextlib.suppress(Exception):
-                self.kill("start failed")
-                err = await asyncio.wait_for(self.proc.stderr.read(4000), 5)
-                parts.append(err.decode(errors="replace").strip())
+                await asyncio.wait_for(self.proc.wait(), 5)
+            if self._drain is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._drain, 5)
+            parts.append(self._stderr_tail.decode(errors="replace").strip())
         if self.scratch is not None:
             parts.append(_head(os.path.join(self.scratch, ".qasynth", "console")))
         text = " | ".join(p for p in parts if p)
@@ -232,6 +246,11 @@ class _Worker:
             if self._uid_lock is not None and not processes_of(self.uid):
                 os.close(self._uid_lock)  # the uid is free for the next worker
                 self._uid_lock = None
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._drain
+            self._drain = None
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None

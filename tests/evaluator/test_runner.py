@@ -214,3 +214,25 @@ async def test_closing_the_pool_releases_every_waiting_caller(pool: WorkerPool) 
     assert len(waiting) == 2 and "closed" in str(waiting[0])
     with pytest.raises(SandboxUnavailable):
         await one.run("1")
+
+
+async def test_a_worker_that_cannot_start_says_why(pool: WorkerPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evaluator import SandboxUnavailable
+
+    with pytest.raises(SandboxUnavailable, match="no package called"):
+        async with WorkerPool(workers=1, packages=("stats", "no.such.package")):
+            pass
+
+    import evaluator._pool as pool_module
+
+    real = pool_module.build_launch
+
+    def broken(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        launch = real(*args, **kwargs)  # type: ignore[arg-type]
+        launch.argv.insert(1, "--no-such-bwrap-option")
+        return launch
+
+    monkeypatch.setattr(pool_module, "build_launch", broken)
+    with pytest.raises(SandboxUnavailable, match="no-such-bwrap-option"):
+        async with WorkerPool(workers=1):
+            pass
