@@ -39,6 +39,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.runtime = runtime
+        runtime.providers.open_configured()
         try:
             yield
         finally:

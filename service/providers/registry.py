@@ -77,6 +77,13 @@ class ProviderRegistry:
             self._instances[name] = FACTORIES[name](self._settings)
         return self._instances[name]
 
+    def open_configured(self) -> None:
+        """Build the configured API providers now, so the first request does not pay for SDK imports.
+        The local provider stays lazy: loading its model is for the first request that asks for it."""
+        for name in ("openai", "anthropic"):
+            if self.is_configured(name):
+                self.get(name)
+
     def describe(self) -> dict[str, dict[str, str]]:
         """Configured providers for /ready; instantiated ones add their own description."""
         out: dict[str, dict[str, str]] = {}
