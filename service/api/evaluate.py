@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from litestar import post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import JSONBody
 
+from service.api.problems import PROBLEM_400, problem_response
 from service.runtime import Runtime
 from service.stages.evaluate import check_request, evaluate_request
 from service.wire.evaluate import EvaluateRequest, EvaluateResponse
@@ -28,10 +31,13 @@ __all__ = ["routes"]
         200: ResponseSpec(
             data_container=EvaluateResponse,
             description="The pairs with their evaluation, and the snippets' results",
-        )
+            generate_examples=False,
+        ),
+        400: PROBLEM_400,
+        503: problem_response("The R sandbox cannot run"),
     },
 )
-async def evaluate(data: EvaluateRequest, runtime: Runtime) -> EvaluateResponse:
+async def evaluate(data: JSONBody[EvaluateRequest], runtime: NamedDependency[Runtime]) -> EvaluateResponse:
     check_request(data)  # a bad request is a 400 before the sandbox is started
     runner = await runtime.runner()
     return await evaluate_request(runner, data)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import JSONBody, QueryParameter
 
+from service.api.problems import PROBLEM_400, problem_response
 from service.runtime import Runtime
 from service.stages.evaluate import build_report, needs_runner
 from service.wire.reports import Report, ReportRequest
@@ -28,15 +30,23 @@ HTML = "text/html"
     ),
     tags=["reports"],
     status_code=200,
-    responses={200: ResponseSpec(data_container=Report, description="The report (JSON, or HTML on request)")},
+    responses={
+        200: ResponseSpec(
+            data_container=Report,
+            description="The report (JSON, or HTML on request)",
+            generate_examples=False,
+        ),
+        400: PROBLEM_400,
+        503: problem_response("Pairs need running and the R sandbox cannot run"),
+    },
 )
 async def report(
-    data: ReportRequest,
+    data: JSONBody[ReportRequest],
     request: Request[Any, Any, Any],
-    runtime: Runtime,
-    format: str | None = Parameter(
-        default=None, pattern="^(json|html)$", description="json (default) or html"
-    ),
+    runtime: NamedDependency[Runtime],
+    format: Annotated[
+        str | None, QueryParameter(pattern="^(json|html)$", description="json (default) or html")
+    ] = None,
 ) -> Response[Any]:
     runner = await runtime.runner() if needs_runner(data.pairs, data.evaluate) else None
     body, html = await build_report(data.pairs, runner=runner, evaluate=data.evaluate, title=data.title)
