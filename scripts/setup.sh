@@ -15,9 +15,10 @@ for arg in "$@"; do
   esac
 done
 
-apt_packages=(r-base-core r-cran-jsonlite bubblewrap python3-venv)
+apt_packages=(r-base-core bubblewrap python3-venv)
 if [ "$dev" = 1 ]; then
-  apt_packages+=(chromium)
+  # Chromium renders the HTML report in tests; jsonlite serves scripts/extract_r_help_corpus.R.
+  apt_packages+=(chromium r-cran-jsonlite)
 fi
 
 missing=()
