@@ -1,6 +1,6 @@
 """R evaluation: qasynth's warm forked workers against a fresh `Rscript` per snippet, side by side.
 
-    .venv/bin/python benchmarks/bench_evaluator.py              # 200 snippets each way, 2 at a time
+    .venv/bin/python benchmarks/bench_evaluator.py              # 200 snippets each way per set, 2 at a time
     .venv/bin/python benchmarks/bench_evaluator.py -n 400 --concurrency 2 --json out.json
 
 Both sides run the same snippets in the same sandbox: the same bubblewrap namespaces and mounts,
@@ -8,9 +8,17 @@ the same dedicated uid and rlimits, 2 at a time (one per core). Fresh runs start
 --vanilla -e CODE` in a new sandbox per snippet (what a simple evaluator does); warm runs go
 through `WorkerPool.run` (a fork of an R that started once). The machine is shared with other
 work, so the two sides alternate in rounds of 20 snippets and the ratio is taken over the same
-wall-clock stretch. The snippets are short statistics scripts of the kind the answers hold
-(t-tests, lm, glm, tables, quantiles, a few failing on purpose); the script checks that both
-sides give every snippet the same verdict and, for the deterministic ones, the same output.
+wall-clock stretch.
+
+Two snippet sets, each measured both ways in the same run:
+
+- `answers`: statistics scripts of the kind the answers hold (t-tests, lm, glm, ANOVA, tables,
+  quantiles, a few failing on purpose), where R's own work is a good part of the time;
+- `short`: one- or two-line snippets (a mean, a quantile, a sum, a parse error, a runtime error),
+  where the start-up cost of R is nearly all there is.
+
+For every snippet the script checks that both sides give the same verdict and, for the
+deterministic ones, the same output.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from evaluator import Limits, WorkerPool  # noqa: E402
 from evaluator._sandbox import build_launch, claim_uid, worker_source  # noqa: E402
 
-SNIPPETS = [
+ANSWERS = [
     "before <- c(312, 298, 305, 330, 287, 301, 322, 315)\nafter <- c(295, 290, 301, 310, 280, 296, 305, 309)\n"
     "result <- t.test(after, before, paired = TRUE)\nprint(result)\ncat('Mean change:', mean(after - before), 'ms\\n')",
     "df <- data.frame(x = 1:20, y = c(2.1, 3.9, 6.2, 8.1, 9.8, 12.2, 13.8, 16.1, 18.3, 19.7,\n"
@@ -62,6 +71,23 @@ SNIPPETS = [
     "print(binom.test(7, 20, p = 0.5))\nprint(prop.test(c(15, 25), c(50, 50)))",
     "warning_here <- sqrt(-1)\nprint(log(c(1, 10, 100)))",
 ]
+
+SHORT = [
+    "x <- c(2, 4, 4, 5); print(mean(x))",
+    "print(sd(c(1, 2, 3)))",
+    "print(qnorm(0.975))",
+    'cat(sum(1:10), "\\n")',
+    "print(median(c(3, 1, 4, 1, 5, 9, 2, 6)))",
+    "print(pt(2.1, df = 12, lower.tail = FALSE) * 2)",
+    "x <- c(1.2, 3.4, 2.2)\nvar(x)",
+    "print(round(cor(1:10, (1:10)^2), 4))",
+    "print(choose(10, 3))",
+    "x <- c(1, 2\nprint(x)",  # parse error
+    "print(mean(undefined_object))",  # runtime error
+    'stop("the data have no column y")',  # runtime error
+]
+
+SETS = {"answers": ANSWERS, "short": SHORT}
 
 
 def fresh_command(code: str, uid: int | None, limits: Limits) -> tuple[list[str], object, int | None]:
@@ -109,102 +135,136 @@ async def run_fresh(code: str, uid: int | None, limits: Limits) -> tuple[str, st
     return verdict, out.decode(errors="replace"), (time.perf_counter() - started) * 1000
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("-n", type=int, default=200, help="snippets per side (default 200)")
-    parser.add_argument("--concurrency", type=int, default=2, help="snippets at once, each side (default 2)")
-    parser.add_argument("--round", type=int, default=20, help="snippets per alternating round (default 20)")
-    parser.add_argument("--json", help="write the figures here as JSON")
-    args = parser.parse_args()
-    limits = Limits(wall_s=20.0, cpu_s=20.0)
-    worker_source()  # fail early if the package is incomplete
-    uids: list[tuple[int, int]] = []
-    if os.geteuid() == 0:
-        uids = [claim_uid() for _ in range(args.concurrency)]
-    jobs = [SNIPPETS[i % len(SNIPPETS)] for i in range(args.n)]
+async def measure(
+    pool: WorkerPool,
+    snippets: list[str],
+    n: int,
+    concurrency: int,
+    round_size: int,
+    uids: list[tuple[int, int]],
+    limits: Limits,
+) -> tuple[dict[str, object], list[str]]:
+    """Run `n` snippets of the set both ways in alternating rounds; figures and mismatches."""
+    jobs = [snippets[i % len(snippets)] for i in range(n)]
     warm_ms: list[float] = []
     fresh_ms: list[float] = []
     warm_wall = fresh_wall = 0.0
     mismatches: list[str] = []
+    # Warm up both sides once (page cache, first fork), outside the timing.
+    await pool.run(snippets[0])
+    await run_fresh(snippets[0], uids[0][0] if uids else None, limits)
+    for start in range(0, n, round_size):
+        batch = jobs[start : start + round_size]
 
-    async with WorkerPool(workers=args.concurrency, limits=limits) as pool:
-        # Warm up both sides once (page cache, first fork), outside the timing.
-        await pool.run(SNIPPETS[0])
-        await run_fresh(SNIPPETS[0], uids[0][0] if uids else None, limits)
-        for start in range(0, args.n, args.round):
-            batch = jobs[start : start + args.round]
+        t0 = time.perf_counter()
+        sem = asyncio.Semaphore(concurrency)
+        free = [u for u, _ in uids] or [None] * concurrency
 
-            t0 = time.perf_counter()
-            sem = asyncio.Semaphore(args.concurrency)
-            free = [u for u, _ in uids] or [None] * args.concurrency
+        async def fresh_one(code: str, sem: asyncio.Semaphore = sem, free: list = free) -> tuple[str, str]:
+            async with sem:
+                uid = free.pop()
+                try:
+                    verdict, text, ms = await run_fresh(code, uid, limits)
+                finally:
+                    free.append(uid)
+                fresh_ms.append(ms)
+                return verdict, text
 
-            async def fresh_one(
-                code: str, sem: asyncio.Semaphore = sem, free: list = free
-            ) -> tuple[str, str]:
-                async with sem:
-                    uid = free.pop()
-                    try:
-                        verdict, text, ms = await run_fresh(code, uid, limits)
-                    finally:
-                        free.append(uid)
-                    fresh_ms.append(ms)
-                    return verdict, text
+        fresh = await asyncio.gather(*(fresh_one(c) for c in batch))
+        fresh_wall += time.perf_counter() - t0
 
-            fresh = await asyncio.gather(*(fresh_one(c) for c in batch))
-            fresh_wall += time.perf_counter() - t0
+        t0 = time.perf_counter()
 
-            t0 = time.perf_counter()
+        async def warm_one(code: str, sem: asyncio.Semaphore = sem) -> tuple[str, str]:
+            async with sem:  # latency without queueing, as on the fresh side
+                t = time.perf_counter()
+                r = await pool.run(code)
+                warm_ms.append((time.perf_counter() - t) * 1000)
+                return r.verdict, r.stdout
 
-            async def warm_one(code: str, sem: asyncio.Semaphore = sem) -> tuple[str, str]:
-                async with sem:  # latency without queueing, as on the fresh side
-                    t = time.perf_counter()
-                    r = await pool.run(code)
-                    warm_ms.append((time.perf_counter() - t) * 1000)
-                    return r.verdict, r.stdout
+        warm = await asyncio.gather(*(warm_one(c) for c in batch))
+        warm_wall += time.perf_counter() - t0
 
-            warm = await asyncio.gather(*(warm_one(c) for c in batch))
-            warm_wall += time.perf_counter() - t0
-
-            for code, (fv, fout), (wv, wout) in zip(batch, fresh, warm, strict=True):
-                same_verdict = (fv == "passed") == (wv == "passed")
-                deterministic = "rnorm" not in code and "runif" not in code and "sample" not in code
-                same_output = fv != "passed" or not deterministic or _norm(fout) == _norm(wout)
-                if not (same_verdict and same_output):
-                    mismatches.append(f"{code[:60]!r}: fresh {fv} / warm {wv}")
-        info = pool.describe()
-    for _, fd in uids:
-        os.close(fd)
-
-    figures = {
-        "snippets_each": args.n,
-        "concurrency": args.concurrency,
-        "fresh_per_s": round(args.n / fresh_wall, 1),
-        "warm_per_s": round(args.n / warm_wall, 1),
+        for code, (fv, fout), (wv, wout) in zip(batch, fresh, warm, strict=True):
+            same_verdict = (fv == "passed") == (wv == "passed")
+            deterministic = "rnorm" not in code and "runif" not in code and "sample" not in code
+            same_output = fv != "passed" or not deterministic or _norm(fout) == _norm(wout)
+            if not (same_verdict and same_output):
+                mismatches.append(f"{code[:60]!r}: fresh {fv} / warm {wv}")
+    figures: dict[str, object] = {
+        "snippets_each": n,
+        "fresh_per_s": round(n / fresh_wall, 1),
+        "warm_per_s": round(n / warm_wall, 1),
         "ratio": round(fresh_wall / warm_wall, 1),
         "fresh_median_ms": round(statistics.median(fresh_ms), 1),
         "warm_median_ms": round(statistics.median(warm_ms), 1),
         "fresh_p95_ms": round(_p95(fresh_ms), 1),
         "warm_p95_ms": round(_p95(warm_ms), 1),
         "mismatches": len(mismatches),
+    }
+    return figures, mismatches
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-n", type=int, default=200, help="snippets per side and set (default 200)")
+    parser.add_argument("--concurrency", type=int, default=2, help="snippets at once, each side (default 2)")
+    parser.add_argument("--round", type=int, default=20, help="snippets per alternating round (default 20)")
+    parser.add_argument("--sets", default="answers,short", help="which sets, comma-separated (default both)")
+    parser.add_argument("--json", help="write the figures here as JSON")
+    args = parser.parse_args()
+    sets = [name.strip() for name in args.sets.split(",") if name.strip()]
+    unknown = [name for name in sets if name not in SETS]
+    if unknown or not sets:
+        parser.error(f"unknown set(s) {unknown}; choose from {', '.join(SETS)}")
+    limits = Limits(wall_s=20.0, cpu_s=20.0)
+    worker_source()  # fail early if the package is incomplete
+    uids: list[tuple[int, int]] = []
+    if os.geteuid() == 0:
+        uids = [claim_uid() for _ in range(args.concurrency)]
+    results: dict[str, dict[str, object]] = {}
+    mismatches: dict[str, list[str]] = {}
+    load_before = os.getloadavg()[0]
+    async with WorkerPool(workers=args.concurrency, limits=limits) as pool:
+        for name in sets:
+            results[name], mismatches[name] = await measure(
+                pool, SETS[name], args.n, args.concurrency, args.round, uids, limits
+            )
+        info = pool.describe()
+    for _, fd in uids:
+        os.close(fd)
+
+    figures = {
+        "concurrency": args.concurrency,
+        "sets": results,
         "sandbox": info["mode"],
         "r_version": info["r_version"],
-        "load_average": os.getloadavg()[0],
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
     }
-    print(f"{args.n} snippets each way, {args.concurrency} at a time, same sandbox, alternating rounds")
     print(
-        f"  fresh Rscript per snippet : {figures['fresh_per_s']:7.1f} snippets/s  "
-        f"median {figures['fresh_median_ms']:6.1f} ms  p95 {figures['fresh_p95_ms']:6.1f} ms"
+        f"{args.n} snippets each way per set, {args.concurrency} at a time, same sandbox, alternating rounds "
+        f"(load average {load_before:.2f} before, {figures['load_average_after']:.2f} after)"
     )
-    print(
-        f"  warm forked workers       : {figures['warm_per_s']:7.1f} snippets/s  "
-        f"median {figures['warm_median_ms']:6.1f} ms  p95 {figures['warm_p95_ms']:6.1f} ms"
+    header = f"  {'':28}" + "".join(
+        f"{name + ' (' + str(len(SETS[name])) + ' snippets)':>26}" for name in sets
     )
-    print(f"  ratio (throughput)        : {figures['ratio']}x")
-    print(f"  same verdicts and outputs : {'yes' if not mismatches else f'{len(mismatches)} differ'}")
-    for line in mismatches[:10]:
-        print("    " + line)
+    print(header)
+
+    def row(label: str, cell: Callable[[dict[str, object]], str]) -> None:
+        print(f"  {label:28}" + "".join(f"{cell(results[name]):>26}" for name in sets))
+
+    row("fresh Rscript, snippets/s", lambda f: f"{f['fresh_per_s']:.1f}")
+    row("warm forked workers, /s", lambda f: f"{f['warm_per_s']:.1f}")
+    row("ratio (throughput)", lambda f: f"{f['ratio']}x")
+    row("fresh median / p95, ms", lambda f: f"{f['fresh_median_ms']:.1f} / {f['fresh_p95_ms']:.1f}")
+    row("warm median / p95, ms", lambda f: f"{f['warm_median_ms']:.1f} / {f['warm_p95_ms']:.1f}")
+    row("same verdicts and outputs", lambda f: "yes" if not f["mismatches"] else f"{f['mismatches']} differ")
+    for name in sets:
+        for line in mismatches[name][:10]:
+            print(f"    {name}: {line}")
     if args.json:
         _write(args.json, json.dumps(figures, indent=2) + "\n")
 
