@@ -36,36 +36,40 @@ local({
     x[is.na(x)] <- ""
     x
   }
-  json_str <- function(s) vapply(utf8(s), json_one, "", USE.NAMES = FALSE)
-  json_one <- function(s) {
+  json_str <- function(s) {
+    s <- utf8(s)
     s <- gsub("\\", "\\\\", s, fixed = TRUE)
     s <- gsub("\"", "\\\"", s, fixed = TRUE)
     s <- gsub("\n", "\\n", s, fixed = TRUE)
     s <- gsub("\r", "\\r", s, fixed = TRUE)
     s <- gsub("\t", "\\t", s, fixed = TRUE)
-    if (grepl("[\001-\037]", s, useBytes = TRUE)) {
-      cps <- utf8ToInt(s)
-      parts <- vapply(cps, function(cp) {
-        if (cp < 32L) sprintf("\\u%04x", cp) else intToUtf8(cp)
-      }, character(1))
-      s <- paste(parts, collapse = "")
-    }
+    ctl <- grepl("[\001-\037]", s, useBytes = TRUE)
+    if (any(ctl)) s[ctl] <- vapply(s[ctl], json_ctl, "", USE.NAMES = FALSE)
     paste0("\"", s, "\"")
+  }
+  # The control characters JSON wants escaped and the gsub()s above left alone.
+  json_ctl <- function(s) {
+    parts <- vapply(utf8ToInt(s), function(cp) {
+      if (cp < 32L) sprintf("\\u%04x", cp) else intToUtf8(cp)
+    }, character(1))
+    paste(parts, collapse = "")
+  }
+  json_num <- function(x) {
+    if (is.integer(x)) return(as.character(x))
+    if (x == trunc(x) && abs(x) < 1e15) return(sprintf("%.0f", x + 0)) # + 0: no "-0"
+    format(x, digits = 15, scientific = FALSE, trim = TRUE)
   }
   to_json <- function(x) {
     if (is.null(x)) return("null")
     if (is.list(x)) {
-      if (!is.null(names(x))) {
-        keys <- names(x)
-        vals <- vapply(x, to_json, character(1))
-        return(paste0("{", paste0(json_str(keys), ":", vals, collapse = ","), "}"))
-      }
-      return(paste0("[", paste(vapply(x, to_json, character(1)), collapse = ","), "]"))
+      vals <- vapply(x, to_json, character(1), USE.NAMES = FALSE)
+      if (!is.null(names(x))) return(paste0("{", paste0(json_str(names(x)), ":", vals, collapse = ","), "}"))
+      return(paste0("[", paste(vals, collapse = ","), "]"))
     }
     if (length(x) != 1L) return(to_json(as.list(x)))
     if (is.na(x)) return("null")
     if (is.logical(x)) return(if (x) "true" else "false")
-    if (is.numeric(x)) return(format(x, digits = 15, scientific = FALSE, trim = TRUE))
+    if (is.numeric(x)) return(json_num(x))
     json_str(x)
   }
 
@@ -472,6 +476,20 @@ local({
     )
   }
 
+  # ---- warm-up: what every child would otherwise do for the first time, done once here --------
+  # R byte-compiles a function the first time it is called and lazy-loads base functions on
+  # first use; in a forked child both are lost with the child. Running the snippet machinery
+  # once on an empty snippet, and printing a few values into a throw-away connection, leaves
+  # them compiled and loaded in this process. Nothing reaches the global environment, the
+  # search path, the options or the RNG: a snippet still starts as a fresh Rscript would.
+  local({
+    run_snippet("invisible(NULL)")
+    run_snippet("(")
+    utils::capture.output(print(1.5), print(c(a = 1L)), print("a"), print(TRUE), print(list(1)), cat("a\n"))
+    serialize(list(verdict = "passed", warnings = character()), NULL, xdr = FALSE)
+    to_json(list(id = "0", a = 1L, b = list("x"), c = NULL, d = TRUE, e = 1.5))
+    invisible(NULL)
+  })
   wipe()
   baseline_rss <- { s <- proc_stat(self_pid); if (is.null(s)) 0 else s$rss_bytes }
   send(list(
