@@ -342,7 +342,9 @@ class _Run:
             try:
                 evaluation = await self.evaluate(cell.task, answer)
             except SandboxUnavailable as exc:
-                self._fail(cell, "evaluation", "sandbox_unavailable", exc.detail, question=question, attempts=1)
+                self._fail(
+                    cell, "evaluation", "sandbox_unavailable", exc.detail, question=question, attempts=1
+                )
                 return
             self.emit(Evaluated(id=pid, verdict=evaluation.verdict, flagged=evaluation.flagged))
             if evaluation.flagged:
