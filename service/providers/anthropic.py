@@ -7,13 +7,13 @@ are recorded as `cached_tokens`. Anthropic has no seed parameter.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import anthropic
 
 from service.errors import ProviderNotConfigured
+from service.providers._sdk import SDKProvider
 from service.providers.base import Completion, CompletionRequest, translate_sdk_error
 from service.settings import Settings
 from service.wire.base import Usage
@@ -21,17 +21,13 @@ from service.wire.base import Usage
 __all__ = ["AnthropicProvider"]
 
 
-class AnthropicProvider:
-    name = "anthropic"
-    default_model: str
+class AnthropicProvider(SDKProvider):
+    _client: anthropic.AsyncAnthropic
 
     def __init__(
         self, client: anthropic.AsyncAnthropic, *, default_model: str, concurrency: int = 16
     ) -> None:
-        self.default_model = default_model
-        self._client = client
-        self._slots = asyncio.Semaphore(concurrency)
-        self._concurrency = concurrency
+        super().__init__(client, name="anthropic", default_model=default_model, concurrency=concurrency)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AnthropicProvider:
@@ -81,13 +77,3 @@ class AnthropicProvider:
             latency_ms=latency_ms,
             finish_reason=response.stop_reason,
         )
-
-    async def aclose(self) -> None:
-        await self._client.close()
-
-    def describe(self) -> dict[str, str]:
-        return {
-            "base_url": str(self._client.base_url),
-            "default_model": self.default_model,
-            "concurrency": str(self._concurrency),
-        }

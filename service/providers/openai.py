@@ -6,13 +6,13 @@ honours Retry-After; what is left after its retries is translated here.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import openai
 
 from service.errors import ProviderNotConfigured, ProviderUnavailable
+from service.providers._sdk import SDKProvider
 from service.providers.base import Completion, CompletionRequest, translate_sdk_error
 from service.settings import Settings
 from service.wire.base import Usage
@@ -20,9 +20,8 @@ from service.wire.base import Usage
 __all__ = ["OpenAIProvider"]
 
 
-class OpenAIProvider:
-    name: str
-    default_model: str
+class OpenAIProvider(SDKProvider):
+    _client: openai.AsyncOpenAI
 
     def __init__(
         self,
@@ -32,11 +31,7 @@ class OpenAIProvider:
         default_model: str,
         concurrency: int = 16,
     ) -> None:
-        self.name = name
-        self.default_model = default_model
-        self._client = client
-        self._slots = asyncio.Semaphore(concurrency)
-        self._concurrency = concurrency
+        super().__init__(client, name=name, default_model=default_model, concurrency=concurrency)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIProvider:
@@ -93,13 +88,3 @@ class OpenAIProvider:
             latency_ms=latency_ms,
             finish_reason=choice.finish_reason,
         )
-
-    async def aclose(self) -> None:
-        await self._client.close()
-
-    def describe(self) -> dict[str, str]:
-        return {
-            "base_url": str(self._client.base_url),
-            "default_model": self.default_model,
-            "concurrency": str(self._concurrency),
-        }
