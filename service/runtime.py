@@ -31,11 +31,20 @@ class Runtime:
             if self._runner is None:
                 import evaluator
 
+                s = self.settings
+                limits = evaluator.Limits(
+                    wall_s=s.eval_wall_s,
+                    cpu_s=s.eval_cpu_s,
+                    mem_mb=s.eval_mem_mb,
+                    total_mem_mb=max(s.eval_mem_mb, evaluator.Limits().total_mem_mb),
+                    output_bytes=s.eval_output_bytes,
+                )
                 try:
                     self._runner = await evaluator.start_runner(
-                        sandbox=self.settings.sandbox,
-                        workers=self.settings.eval_workers or None,
-                        packages=self.settings.r_packages,
+                        sandbox=s.sandbox,
+                        workers=s.eval_workers or None,
+                        packages=s.r_packages,
+                        limits=limits,
                     )
                 except evaluator.SandboxUnavailable as exc:
                     self._runner_error = str(exc)

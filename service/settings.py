@@ -65,6 +65,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     sandbox: Literal["bwrap", "none"] = "bwrap"
     eval_workers: int = 0  # 0: one per core
+    # Per-snippet limits of the R sandbox.
+    eval_wall_s: float = 10.0
+    eval_cpu_s: float = 10.0
+    eval_mem_mb: int = 1024
+    eval_output_bytes: int = 1_000_000
     r_packages: tuple[str, ...] = ("stats", "utils")
 
     @classmethod
@@ -99,6 +104,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             local_context=_int(env, "QASYNTH_LOCAL_CONTEXT", defaults.local_context),
             sandbox=sandbox,  # type: ignore[arg-type]
             eval_workers=_int(env, "QASYNTH_EVAL_WORKERS", defaults.eval_workers),
+            eval_wall_s=_float(env, "QASYNTH_EVAL_WALL_S", defaults.eval_wall_s),
+            eval_cpu_s=_float(env, "QASYNTH_EVAL_CPU_S", defaults.eval_cpu_s),
+            eval_mem_mb=_int(env, "QASYNTH_EVAL_MEM_MB", defaults.eval_mem_mb),
+            eval_output_bytes=_int(env, "QASYNTH_EVAL_OUTPUT_BYTES", defaults.eval_output_bytes),
             r_packages=packages,
         )
 

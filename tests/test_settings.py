@@ -26,8 +26,11 @@ def test_sdk_variables_and_overrides() -> None:
             "ANTHROPIC_API_KEY": "sk-ant",
             "QASYNTH_R_PACKAGES": "stats, utils ,MASS",
             "QASYNTH_CONCURRENCY": "4",
+            "QASYNTH_EVAL_WALL_S": "2.5",
+            "QASYNTH_EVAL_MEM_MB": "512",
         }
     )
+    assert (s.eval_wall_s, s.eval_mem_mb, s.eval_cpu_s) == (2.5, 512, 10.0)
     assert (s.host, s.port, s.concurrency) == ("0.0.0.0", 9001, 4)
     assert s.openai_base_url == "http://127.0.0.1:8080/v1"
     assert s.r_packages == ("stats", "utils", "MASS")

@@ -45,3 +45,11 @@ async def test_ready_is_503_when_the_default_provider_cannot_run() -> None:
     body = response.json()
     assert body["ready"] is False and body["default_provider"] == "local"
     assert body["providers"]["local"]["configured"] == "false"
+
+
+@pytest.mark.sandbox
+async def test_sandbox_limits_come_from_settings() -> None:
+    settings = Settings(default_provider="openai", eval_wall_s=3.0, eval_mem_mb=512)
+    async with AsyncTestClient(create_app(settings)) as client:
+        body = (await client.get("/ready")).json()
+    assert "wall 3 s" in body["sandbox"]["limits"] and "memory 512 MB a process" in body["sandbox"]["limits"]
