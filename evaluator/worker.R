@@ -348,7 +348,6 @@ local({
     if (!all(endsWith(rewired, c("/dev/null", basename(console), basename(console))))) parallel:::mcexit(1L)
     dir.create(work_dir, recursive = TRUE, showWarnings = FALSE)
     setwd(work_dir)
-    Sys.setenv(HOME = work_dir)
     sink(stdout(), type = "message")
     options(warn = 0L)
     time_limits <<- list(cpu = req$cpu_s, wall = req$wall_s)
@@ -410,7 +409,13 @@ local({
     # With its result sent the child has nothing left to do (it would only wait for
     # parallel's exit handshake): end it now. The sweep then kills whatever else is alive;
     # the child itself does not count as left behind.
-    if (!is.null(data)) tools::pskill(pid, tools::SIGKILL)
+    if (!is.null(data)) {
+      tools::pskill(pid, tools::SIGKILL)
+      # Its pipe reads EOF once the kernel has torn its memory down (before its files):
+      # until then every page this process writes is a shared page, copied on write.
+      ready <- parallel:::selectChildren(pid, timeout = 0.1)
+      if (is.integer(ready) && pid %in% ready) parallel:::readChild(pid)
+    }
     progress <- read_progress()
     leftover <- sweep(pid)
     parallel:::rmChild(pid)
@@ -491,6 +496,7 @@ local({
     invisible(NULL)
   })
   wipe()
+  Sys.setenv(HOME = work_dir) # once here: every child inherits it, and a snippet's change dies with its child
   baseline_rss <- { s <- proc_stat(self_pid); if (is.null(s)) 0 else s$rss_bytes }
   send(list(
     ready = TRUE,
