@@ -108,7 +108,13 @@ def _print_pair(pair: dict, out: object) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import logging
+
     import httpx
+
+    # The progress lines are the demo's log; one line per model call would drown them.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     spec = {
         "language": "r",
