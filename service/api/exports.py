@@ -18,9 +18,8 @@ from litestar.response import Stream
 
 from service.errors import InvalidInput
 from service.runtime import Runtime
-from service.stages.evaluate import evaluate_answer
+from service.stages.evaluate import answer_evaluator
 from service.stages.export import (
-    Evaluate,
     export,
     import_review,
     label_config,
@@ -93,15 +92,6 @@ def labelstudio_config(locale: FromQuery[Literal["ja", "en"]] = "en") -> str:
     return label_config(locale)
 
 
-async def _evaluator(runtime: Runtime) -> Evaluate:
-    runner = await runtime.runner()
-
-    def evaluate(task: str, answer: str) -> Any:
-        return evaluate_answer(runner, task=task, answer=answer)
-
-    return evaluate
-
-
 @post(
     "/v1/imports/label-studio",
     summary="Apply reviewers' decisions from a Label Studio JSON export",
@@ -121,7 +111,7 @@ async def import_labelstudio(
 ) -> ReviewImport:
     # Decoded here rather than by Litestar, so a malformed export names the task index and field.
     tasks: list[LSExportTask] = parse_export(await request.body())
-    evaluate_fn = await _evaluator(runtime) if evaluate else None
+    evaluate_fn = answer_evaluator(await runtime.runner()) if evaluate else None
     return await import_review(tasks, evaluate=evaluate_fn)
 
 

@@ -14,10 +14,9 @@ from litestar.response import Stream
 from service.api.problems import PROBLEM_400, problem_response
 from service.errors import ProviderRejected, ProviderUnavailable
 from service.runtime import Runtime
-from service.stages.evaluate import evaluate_answer
-from service.stages.pipeline import Evaluate, collect, run_job
+from service.stages.evaluate import Evaluate, answer_evaluator
+from service.stages.pipeline import collect, run_job
 from service.stages.spec import resolve_spec
-from service.wire.evaluate import Evaluation
 from service.wire.generate import Event, GenerateResponse, Spec
 
 __all__ = ["routes"]
@@ -68,10 +67,7 @@ async def generate(
     provider = runtime.providers.get(data.model.provider)
     evaluate: Evaluate | None = None
     if data.evaluation.enabled:
-        runner = await runtime.runner()
-
-        async def evaluate(task: str, answer: str) -> Evaluation:
-            return await evaluate_answer(runner, task=task, answer=answer)
+        evaluate = answer_evaluator(await runtime.runner())
 
     events = run_job(job, provider, evaluate=evaluate, retries=runtime.settings.content_retries)
     if NDJSON in request.headers.get("accept", ""):

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 
 from service.errors import QasynthError
-from service.stages.export import Evaluate, import_review, parse_export
+from service.stages.export import import_review, parse_export
 from service.wire.export import ReviewImport
 
 __all__ = ["register", "run"]
@@ -28,18 +28,12 @@ async def _run(body: bytes, evaluate: bool) -> ReviewImport:
     from service.providers.registry import ProviderRegistry
     from service.runtime import Runtime
     from service.settings import Settings
-    from service.stages.evaluate import evaluate_answer
+    from service.stages.evaluate import answer_evaluator
 
     settings = Settings.from_env()
     runtime = Runtime(settings=settings, providers=ProviderRegistry(settings))
     try:
-        runner = await runtime.runner()
-
-        def fn(task: str, answer: str) -> object:
-            return evaluate_answer(runner, task=task, answer=answer)
-
-        evaluate_fn: Evaluate = fn  # type: ignore[assignment]
-        return await import_review(tasks, evaluate=evaluate_fn)
+        return await import_review(tasks, evaluate=answer_evaluator(await runtime.runner()))
     finally:
         await runtime.aclose()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
 import msgspec
@@ -23,6 +23,8 @@ from service.wire.generate import Pair
 from service.wire.reports import Report, ReportGroup, ReportItem
 
 __all__ = [
+    "Evaluate",
+    "answer_evaluator",
     "build_report",
     "check_request",
     "evaluate_answer",
@@ -74,6 +76,17 @@ async def evaluate_answer(runner: evaluator.Runner, *, task: str, answer: str) -
     except evaluator.SandboxUnavailable as exc:
         raise SandboxUnavailable(str(exc)) from exc
     return to_evaluation(check, task=task)
+
+
+# (task, answer) -> Evaluation: what the pipeline and the review import call, runner already bound.
+Evaluate = Callable[[str, str], Awaitable[Evaluation]]
+
+
+def answer_evaluator(runner: evaluator.Runner) -> Evaluate:
+    async def evaluate(task: str, answer: str) -> Evaluation:
+        return await evaluate_answer(runner, task=task, answer=answer)
+
+    return evaluate
 
 
 async def evaluate_code(runner: evaluator.Runner, *, task: str, code: str) -> Evaluation:

@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,11 +27,11 @@ from service.providers.base import Provider
 from service.stages.answers import generate_answer
 from service.stages.calls import Call, MalformedReply
 from service.stages.dedup import Deduplicator
+from service.stages.evaluate import Evaluate
 from service.stages.prompts import Template, load_template
 from service.stages.questions import generate_questions
 from service.stages.spec import Job, ResolvedTask, ResolvedTheme
 from service.wire.base import Usage
-from service.wire.evaluate import Evaluation
 from service.wire.generate import (
     AnswerGenerated,
     Cell,
@@ -53,10 +53,7 @@ from service.wire.generate import (
     StepProvenance,
 )
 
-__all__ = ["Evaluate", "collect", "pair_id", "question_id", "run_job"]
-
-# (task, answer) -> Evaluation; the caller binds the runner, so this stage needs no sandbox knowledge.
-Evaluate = Callable[[str, str], Awaitable[Evaluation]]
+__all__ = ["collect", "pair_id", "question_id", "run_job"]
 
 
 def _digest(*parts: str) -> str:

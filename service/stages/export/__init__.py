@@ -16,7 +16,7 @@ from service.stages.export.base import Export, Exporter
 from service.stages.export.labelstudio import label_config, to_label_studio
 from service.stages.export.markdown import safe_markdown
 from service.stages.export.push import LabelStudioFailed, push_to_label_studio
-from service.stages.export.review_import import Evaluate, import_review, parse_export
+from service.stages.export.review_import import import_review, parse_export
 from service.stages.export.training import (
     to_alpaca,
     to_hf_card,
@@ -30,7 +30,6 @@ from service.wire.generate import Pair
 
 __all__ = [
     "EXPORTERS",
-    "Evaluate",
     "Export",
     "Exporter",
     "LabelStudioFailed",

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from service.errors import InvalidInput
+from service.stages.evaluate import Evaluate
 from service.stages.export.labelstudio import ANSWER, COMMENT, DECISION, DECISION_VALUES, LABELS
-from service.wire.evaluate import Evaluation
 from service.wire.export import (
     MAX_IMPORT_TASKS,
     Corrected,
@@ -35,9 +35,8 @@ from service.wire.export import (
 )
 from service.wire.generate import Pair
 
-__all__ = ["Evaluate", "import_review", "parse_export"]
+__all__ = ["import_review", "parse_export"]
 
-Evaluate = Callable[[str, str], Awaitable[Evaluation]]
 
 _PATH = re.compile(r" - at `\$(.*)`$")
 _MAX_ANSWER = 100_000
