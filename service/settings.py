@@ -112,11 +112,20 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         )
 
     @property
+    def openai_configured(self) -> bool:
+        """A key, or a base URL alone: OpenAI-compatible servers (vLLM, Ollama) often need no key."""
+        return bool(self.openai_api_key or self.openai_base_url)
+
+    @property
+    def anthropic_configured(self) -> bool:
+        return bool(self.anthropic_api_key or self.anthropic_base_url)
+
+    @property
     def resolved_default_provider(self) -> Literal["openai", "anthropic", "local"]:
         if self.default_provider is not None:
             return self.default_provider
-        if self.openai_api_key or self.openai_base_url:
+        if self.openai_configured:
             return "openai"
-        if self.anthropic_api_key or self.anthropic_base_url:
+        if self.anthropic_configured:
             return "anthropic"
         return "local"

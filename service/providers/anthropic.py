@@ -31,7 +31,7 @@ class AnthropicProvider(SDKProvider):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AnthropicProvider:
-        if not (settings.anthropic_api_key or settings.anthropic_base_url):
+        if not settings.anthropic_configured:
             raise ProviderNotConfigured(
                 "the anthropic provider needs ANTHROPIC_API_KEY", provider="anthropic", field="model.provider"
             )

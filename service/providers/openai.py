@@ -35,7 +35,7 @@ class OpenAIProvider(SDKProvider):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIProvider:
-        if not (settings.openai_api_key or settings.openai_base_url):
+        if not settings.openai_configured:
             raise ProviderNotConfigured(
                 "the openai provider needs OPENAI_API_KEY (or OPENAI_BASE_URL for a compatible server)",
                 provider="openai",

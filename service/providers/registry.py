@@ -56,9 +56,9 @@ class ProviderRegistry:
             return True
         s = self._settings
         if name == "openai":
-            return bool(s.openai_api_key or s.openai_base_url)
+            return s.openai_configured
         if name == "anthropic":
-            return bool(s.anthropic_api_key or s.anthropic_base_url)
+            return s.anthropic_configured
         if name == "local":
             from service.providers.local import local_available
 
