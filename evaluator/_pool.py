@@ -18,6 +18,7 @@ import shutil
 import signal
 import tempfile
 import time
+import typing
 from typing import Any
 
 import msgspec
@@ -32,7 +33,7 @@ from evaluator._sandbox import (
     processes_of,
     worker_source,
 )
-from evaluator._types import Limits, RunResult, SandboxUnavailable
+from evaluator._types import Limits, RunResult, RunVerdict, SandboxUnavailable
 
 __all__ = ["WorkerPool", "start_runner"]
 
@@ -329,15 +330,7 @@ class _Worker:
         )
 
 
-_RUN_VERDICTS = {
-    "passed",
-    "parse_error",
-    "runtime_error",
-    "timeout",
-    "memory_limit",
-    "output_limit",
-    "killed",
-}
+_RUN_VERDICTS = frozenset(typing.get_args(RunVerdict))
 
 
 class WorkerPool:

@@ -37,36 +37,13 @@ __all__ = [
 
 
 def to_evaluation(check: evaluator.Check, *, task: str) -> Evaluation:
-    return Evaluation(
-        verdict=check.verdict,
-        flagged=evaluator.is_flagged(check.verdict, task),
-        message=check.message,
-        failing_call=check.failing_call,
-        line=check.line,
-        answer_line=check.answer_line,
-        warnings=list(check.warnings),
-        stdout=check.stdout,
-        stdout_truncated=check.stdout_truncated,
-        duration_ms=check.duration_ms,
-        code=check.code,
-        blocks=check.blocks,
-    )
+    """The same fields on the wire, plus the policy's reading of the verdict for this task."""
+    fields = msgspec.structs.asdict(check)
+    return msgspec.convert({**fields, "flagged": evaluator.is_flagged(check.verdict, task)}, Evaluation)
 
 
 def to_check(evaluation: Evaluation) -> evaluator.Check:
-    return evaluator.Check(
-        verdict=evaluation.verdict,
-        code=evaluation.code,
-        blocks=evaluation.blocks,
-        message=evaluation.message,
-        failing_call=evaluation.failing_call,
-        line=evaluation.line,
-        answer_line=evaluation.answer_line,
-        warnings=tuple(evaluation.warnings),
-        stdout=evaluation.stdout,
-        stdout_truncated=evaluation.stdout_truncated,
-        duration_ms=evaluation.duration_ms,
-    )
+    return msgspec.convert(evaluation, evaluator.Check, from_attributes=True)
 
 
 async def evaluate_answer(runner: evaluator.Runner, *, task: str, answer: str) -> Evaluation:

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from evaluator import Verdict
 from service.wire.base import Base, Id
 
 __all__ = [
@@ -20,17 +21,6 @@ __all__ = [
 ]
 
 MAX_EVALUATE_ITEMS = 5_000
-
-Verdict = Literal[
-    "passed",
-    "parse_error",
-    "runtime_error",
-    "timeout",
-    "memory_limit",
-    "output_limit",
-    "killed",
-    "no_code",
-]
 
 
 class Evaluation(Base):
