@@ -72,9 +72,9 @@ class _Filter:
     """A Deduplicator behind its own single thread: CPU work leaves the event loop, and the
     one thread keeps offers in arrival order, which is the greedy filter's order."""
 
-    def __init__(self, job: Job, executor: ThreadPoolExecutor, *, enabled: bool) -> None:
+    def __init__(self, job: Job, *, enabled: bool) -> None:
         self.enabled = enabled
-        self._executor = executor
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup")
         self._dedup = Deduplicator(threshold=job.spec.dedup.threshold, tokenizer=job.spec.dedup.tokenizer)
         self._seeded = False
         self._existing = [(item.id, item.text) for item in job.spec.dedup.existing]
@@ -88,6 +88,9 @@ class _Filter:
             await loop.run_in_executor(self._executor, self._dedup.add_existing, self._existing)
         decision = await loop.run_in_executor(self._executor, self._dedup.offer, item_id, text)
         return decision.kept, decision.nearest_id, decision.score
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 # Question calls in flight at once for one cell: later calls see fewer earlier questions in their
@@ -128,15 +131,12 @@ class _Run:
         }
         self.usage = Usage()
         self.rejected: ProviderRejected | None = None
-        self.provider_errors = 0
-        self._executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dedup-{k}") for k in "qa"]
-        dedup = job.spec.dedup
-        self.q_filter = _Filter(job, self._executors[0], enabled=dedup.questions)
-        self.a_filter = _Filter(job, self._executors[1], enabled=dedup.answers)
+        self.q_filter = _Filter(job, enabled=job.spec.dedup.questions)
+        self.a_filter = _Filter(job, enabled=job.spec.dedup.answers)
 
     def close(self) -> None:
-        for executor in self._executors:
-            executor.shutdown(wait=False, cancel_futures=True)
+        self.q_filter.close()
+        self.a_filter.close()
 
     # -- accounting: every slot ends in exactly one of these three
 
@@ -188,7 +188,6 @@ class _Run:
         self.emit(Dropped(item=item))
 
     def _provider_failure(self, exc: ProviderError) -> tuple[str, str]:
-        self.provider_errors += 1
         if isinstance(exc, ProviderRejected):
             # A rejected key or model will not get better: later calls fail fast with the same reason.
             self.rejected = self.rejected or exc
@@ -373,13 +372,21 @@ class _Run:
 _END = object()
 
 
-async def run_job(
+def run_job(
     job: Job, provider: Provider, *, evaluate: Evaluate | None, retries: int = 2
 ) -> AsyncIterator[Event]:
-    """Yield events as items progress; the last event is `Done`. Closing the iterator cancels the job."""
+    """Events as items progress; the last is `Done`. Closing the iterator cancels the job.
+
+    Not itself a generator: templates are loaded and checked here, at the call, so a bad
+    override is a 400 before a streamed response has started.
+    """
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    started = time.perf_counter()
     run = _Run(job, provider, evaluate, retries=retries, emit=queue.put_nowait)
+    return _events(job, run, queue)
+
+
+async def _events(job: Job, run: _Run, queue: asyncio.Queue[Any]) -> AsyncIterator[Event]:
+    started = time.perf_counter()
 
     async def drive() -> None:
         try:

@@ -282,6 +282,15 @@ async def test_invalid_specs_get_400_naming_the_field(
     assert llm_server.calls == []
 
 
+async def test_invalid_template_gets_400_on_the_streaming_path_too(llm_server: FakeLLMServer) -> None:
+    spec = grid_spec(prompts={"answer": "no split line here"})
+    async with AsyncTestClient(create_app(settings_for(llm_server))) as client:
+        response = await client.post("/v1/generate", json=spec, headers={"Accept": "application/x-ndjson"})
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "prompts.answer"
+    assert llm_server.calls == []
+
+
 async def test_malformed_json_body_gets_400() -> None:
     async with AsyncTestClient(create_app(settings_for(FakeLLMServer()))) as client:
         response = await client.post(
