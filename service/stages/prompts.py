@@ -110,32 +110,46 @@ def _few_shot_text(job: Job, kind: Kind) -> str:
     return "\n\n".join(blocks)
 
 
-def _system(job: Job, template: Template) -> str:
-    return _render(
-        template.system,
-        {
-            "tasks": _tasks_text(job),
-            "conventions": job.conventions,
-            "answer_rules": job.answer_rules,
-            "few_shot": _few_shot_text(job, template.kind),
-            "language": job.spec.language,
-        },
-    )
-
-
-def _call_values(job: Job, task: ResolvedTask, theme: ResolvedTheme) -> dict[str, str]:
+def _job_values(job: Job, kind: Kind) -> dict[str, str]:
+    """The placeholders whose values are the same for every call of a job."""
     return {
         "tasks": _tasks_text(job),
         "conventions": job.conventions,
         "answer_rules": job.answer_rules,
-        "few_shot": _few_shot_text(job, "question"),
+        "few_shot": _few_shot_text(job, kind),
         "language": job.spec.language,
-        "task_id": task.id,
-        "task_description": task.description,
-        "task_instructions": task.instructions,
-        "theme_id": theme.id,
-        "theme_description": theme.description,
     }
+
+
+def _request(
+    job: Job,
+    template: Template,
+    task: ResolvedTask,
+    theme: ResolvedTheme,
+    call: dict[str, str],
+    temperature: float,
+) -> CompletionRequest:
+    shared = _job_values(job, template.kind)
+    values = (
+        shared
+        | call
+        | {
+            "task_id": task.id,
+            "task_description": task.description,
+            "task_instructions": task.instructions,
+            "theme_id": theme.id,
+            "theme_description": theme.description,
+        }
+    )
+    model = job.spec.model
+    return CompletionRequest(
+        system=_render(template.system, shared),
+        messages=(Message("user", _render(template.user, values).strip()),),
+        model=model.name,
+        temperature=temperature,
+        max_tokens=model.max_tokens,
+        seed=model.seed,
+    )
 
 
 def _avoid_text(job: Job, avoid: list[str]) -> str:
@@ -152,28 +166,13 @@ def _avoid_text(job: Job, avoid: list[str]) -> str:
 def question_request(
     job: Job, template: Template, task: ResolvedTask, theme: ResolvedTheme, *, count: int, avoid: list[str]
 ) -> CompletionRequest:
-    values = _call_values(job, task, theme) | {"count": str(count), "avoid": _avoid_text(job, avoid)}
-    model = job.spec.model
-    return CompletionRequest(
-        system=_system(job, template),
-        messages=(Message("user", _render(template.user, values).strip()),),
-        model=model.name,
-        temperature=model.temperature,
-        max_tokens=model.max_tokens,
-        seed=model.seed,
-    )
+    call = {"count": str(count), "avoid": _avoid_text(job, avoid)}
+    return _request(job, template, task, theme, call, job.spec.model.temperature)
 
 
 def answer_request(
     job: Job, template: Template, task: ResolvedTask, theme: ResolvedTheme, *, question: str
 ) -> CompletionRequest:
-    values = _call_values(job, task, theme) | {"question": question}
     model = job.spec.model
-    return CompletionRequest(
-        system=_system(job, template),
-        messages=(Message("user", _render(template.user, values).strip()),),
-        model=model.name,
-        temperature=model.answer_temperature if model.answer_temperature is not None else model.temperature,
-        max_tokens=model.max_tokens,
-        seed=model.seed,
-    )
+    temperature = model.answer_temperature if model.answer_temperature is not None else model.temperature
+    return _request(job, template, task, theme, {"question": question}, temperature)
