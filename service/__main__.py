@@ -16,8 +16,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+__all__ = ["main", "serve_in_background"]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -66,24 +70,21 @@ def _prepare_model(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _background_server() -> Iterator[str]:
+def serve_in_background(app: Litestar) -> Iterator[str]:
+    """Run `app` under uvicorn on a free loopback port, in a thread; yields its base URL."""
     import uvicorn
-
-    from service.app import create_app
-    from service.settings import Settings
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(Settings.from_env()), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 60
     while not server.started:
-        if not thread.is_alive():
-            raise SystemExit("the service failed to start")
-        time.sleep(0.05)
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the service failed to start")
+        time.sleep(0.02)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -128,7 +129,13 @@ def _demo(args: argparse.Namespace) -> int:
     if args.provider:
         spec["model"]["provider"] = args.provider  # type: ignore[index]
     with contextlib.ExitStack() as stack:
-        url = args.url or stack.enter_context(_background_server())
+        if args.url:
+            url = args.url
+        else:
+            from service.app import create_app
+            from service.settings import Settings
+
+            url = stack.enter_context(serve_in_background(create_app(Settings.from_env())))
         ready = httpx.get(f"{url}/ready", timeout=120).json()
         print(
             f"qasynth at {url}: default provider {ready['default_provider']}, "

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from litestar import Litestar
 
+from service.__main__ import serve_in_background
 from service.settings import Settings
 from tests.fakes.llm_server import FakeLLMServer
 
@@ -56,22 +53,6 @@ def settings_for(server: FakeLLMServer, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-@contextlib.contextmanager
-def serve(app: Litestar) -> Iterator[str]:
+def serve(app: Litestar) -> contextlib.AbstractContextManager[str]:
     """Run `app` under uvicorn on a free loopback port, for tests that need real concurrent HTTP."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    return serve_in_background(app)

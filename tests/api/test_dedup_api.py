@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,12 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.settings import Settings
 from service.wire.dedup import MAX_DEDUP_ITEMS, MAX_DEDUP_TEXT
+from tests.conftest import serve
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "r_help_corpus.jsonl"
 
@@ -125,28 +123,10 @@ async def test_too_many_characters_in_total_is_a_400(client: AsyncTestClient[Any
     assert "characters" in r.json()["detail"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server() -> Iterator[str]:
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(Settings(sandbox="none")), host="127.0.0.1", port=port, log_level="warning"
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve(create_app(Settings(sandbox="none"))) as url:
+        yield url
 
 
 @pytest.mark.slow
