@@ -73,10 +73,4 @@ async def generate_questions(
     """One question call, retried on unusable content; raises `MalformedReply` after the last try."""
     request = question_request(job, template, task, theme, count=count, avoid=avoid)
     call = await call_until_parsed(provider, request, parse_questions, retries=retries)
-    return Call(
-        value=call.value[:count],
-        model=call.model,
-        usage=call.usage,
-        latency_ms=call.latency_ms,
-        attempts=call.attempts,
-    )
+    return msgspec.structs.replace(call, value=call.value[:count])
