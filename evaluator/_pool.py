@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import io
 import itertools
 import logging
 import os
+import re
 import shutil
 import signal
+import struct
 import tempfile
 import time
 import typing
@@ -46,28 +50,49 @@ RESTART_ATTEMPTS = 3
 LINE_LIMIT = 32 * 2**20
 
 
-class _Hello(msgspec.Struct):
-    ready: bool
-    error: str | None = None
-    protocol: int = 0
-    r_version: str = ""
-    pid: int = 0
+_UNESCAPE = re.compile(rb"\\(.)")
+_ESCAPES = {b"n": b"\n", b"t": b"\t", b"\\": b"\\"}
 
 
-class _Reply(msgspec.Struct):
-    id: str
+def _fields(line: bytes) -> list[str]:
+    """A reply line of worker.R: tab-separated, with backslash, tab and newline escaped."""
+    return [
+        _UNESCAPE.sub(lambda m: _ESCAPES.get(m[1], m[1]), field).decode("utf-8", errors="replace")
+        for field in line.rstrip(b"\n").split(b"\t")
+    ]
+
+
+class _Reply(msgspec.Struct, frozen=True):
+    job: int
     verdict: str
-    message: str | None = None
-    failing_call: str | None = None
-    line: int | None = None
-    warnings: list[str] = []
-    stdout: str = ""
-    stdout_bytes: int = 0
-    duration_ms: float = 0.0
-    cpu_ms: float = 0.0
-    peak_mem_bytes: float = 0.0
-    leftover_processes: int = 0
-    retire: bool = False
+    line: int | None
+    duration_ms: float
+    cpu_ms: float
+    peak_mem_bytes: float
+    leftover_processes: int
+    retire: bool
+    message: str | None
+    failing_call: str | None
+    warnings: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, line: bytes) -> _Reply:
+        f = _fields(line)
+        if len(f) < 10:
+            raise ValueError(f"a reply of {len(f)} fields")
+        return cls(
+            job=int(f[0]),
+            verdict=f[1],
+            line=None if f[2] == "NA" else int(f[2]),
+            duration_ms=float(f[3]),
+            cpu_ms=float(f[4]),
+            peak_mem_bytes=float(f[5]),
+            leftover_processes=int(f[6]),
+            retire=f[7] == "1",
+            message=f[8] or None,
+            failing_call=f[9] or None,
+            warnings=tuple(f[10:]),
+        )
 
 
 def _mem_available_mb() -> float | None:
@@ -81,9 +106,8 @@ def _mem_available_mb() -> float | None:
     return None
 
 
-def _prepare_scratch(scratch: str, console: str, source: bytes, uid: int) -> None:
+def _prepare_scratch(scratch: str, state: str, source: bytes, uid: int) -> None:
     """The host directory of a `none` worker: its state dir with worker.R, owned by the worker's uid."""
-    state = os.path.dirname(console)
     os.makedirs(state)
     with open(os.path.join(state, "worker.R"), "wb") as fh:
         fh.write(source)
@@ -93,12 +117,68 @@ def _prepare_scratch(scratch: str, console: str, source: bytes, uid: int) -> Non
         os.chmod(scratch, 0o700)
 
 
-def _head(path: str, n: int = 4000) -> str:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(n).decode(errors="replace").strip()
-    except OSError:
-        return ""
+class _Channels:
+    """A worker's descriptors (see worker.R): the console (its stdout and stderr, one in-memory
+    file), the progress file, and the request and reply pipes. The console and the pipes are
+    the only ways in or out; nothing of a worker is a path a snippet could replace."""
+
+    def __init__(self, uid: int | None) -> None:
+        self.console = os.memfd_create("qasynth-console", os.MFD_CLOEXEC)
+        fcntl.fcntl(self.console, fcntl.F_SETFL, fcntl.fcntl(self.console, fcntl.F_GETFL) | os.O_APPEND)
+        self.progress = os.memfd_create("qasynth-progress", os.MFD_CLOEXEC)
+        self.request_r, self.request_w = os.pipe()
+        self.reply_r, self.reply_w = os.pipe()
+        if uid is not None:
+            # R reopens its ends through /proc/self/fd, which checks the pipe's owner.
+            for fd in (self.request_r, self.reply_r):
+                os.fchown(fd, uid, uid)
+
+    def parent_files(self) -> tuple[io.FileIO, io.FileIO]:
+        """The reply pipe to read and the request pipe to write, for asyncio's pipe transports
+        (which close these objects, never the descriptors: `close()` does that)."""
+        return io.FileIO(self.reply_r, "rb", closefd=False), io.FileIO(self.request_w, "wb", closefd=False)
+
+    def worker_ends(self) -> tuple[int, int, int]:
+        return self.request_r, self.reply_w, self.progress
+
+    def close_worker_ends(self) -> None:
+        for fd in (self.request_r, self.reply_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def console_head(self, n: int = 4000) -> str:
+        try:
+            return os.pread(self.console, n, 0).decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def take_console(self, keep_bytes: int) -> tuple[str, int]:
+        """What the snippet printed (its first `keep_bytes`) and how much; then an empty console
+        and progress file for the next one."""
+        size = os.fstat(self.console).st_size
+        head = os.pread(self.console, min(size, keep_bytes), 0) if size else b""
+        os.ftruncate(self.console, 0)
+        os.ftruncate(self.progress, 0)
+        return head.replace(b"\0", b"").decode("utf-8", errors="replace"), size
+
+    def close(self) -> None:
+        self.close_worker_ends()
+        for fd in (self.console, self.progress, self.request_w, self.reply_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+async def _streams(
+    channels: _Channels,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.BaseTransport]:
+    """asyncio streams over the parent's ends of the reply and request pipes (the descriptors
+    stay `channels`' to close, after the transports)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    replies, requests = channels.parent_files()
+    read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), replies)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, requests)
+    return reader, asyncio.StreamWriter(transport, protocol, None, loop), read_transport
 
 
 class _Worker:
@@ -112,6 +192,9 @@ class _Worker:
         self.uid_base = uid_base
         self.proc: asyncio.subprocess.Process | None = None
         self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self._read_transport: asyncio.BaseTransport | None = None
+        self.channels: _Channels | None = None
         self.scratch: str | None = None
         self.alive = False
         self.kill_reason: str | None = None
@@ -119,8 +202,6 @@ class _Worker:
         self.jobs = 0
         self.uid: int | None = None  # the dedicated uid, when started as root
         self._uid_lock: int | None = None
-        self._stderr_tail = b""
-        self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         worker_r = worker_w = None
@@ -128,6 +209,7 @@ class _Worker:
         try:
             if os.geteuid() == 0:
                 self.uid, self._uid_lock = claim_uid(self.uid_base)
+            self.channels = channels = _Channels(self.uid)
             if self.mode == "bwrap":
                 worker_r, worker_w = os.pipe()
             else:
@@ -139,15 +221,15 @@ class _Worker:
                 packages=self.packages,
                 worker_fd=worker_r,
                 scratch=self.scratch,
+                channels=channels.worker_ends(),
             )
             if self.scratch is not None:
-                _prepare_scratch(self.scratch, launch.console, source, launch.uid)
+                _prepare_scratch(self.scratch, launch.state_dir, source, launch.uid)
             self.proc = await asyncio.create_subprocess_exec(
                 *launch.argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                limit=LINE_LIMIT,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=channels.console,
+                stderr=channels.console,
                 pass_fds=launch.pass_fds,
                 preexec_fn=launch.preexec,
                 user=launch.user,
@@ -163,6 +245,9 @@ class _Worker:
                 os.close(worker_w)
                 worker_w = None
         except (OSError, SandboxUnavailable) as exc:
+            if self.channels is not None:
+                self.channels.close()
+                self.channels = None
             if self._uid_lock is not None:
                 os.close(self._uid_lock)
                 self._uid_lock = None
@@ -173,29 +258,20 @@ class _Worker:
             for fd in (worker_r, worker_w):
                 if fd is not None:
                     os.close(fd)
-        self.reader = self.proc.stdout
-        self._drain = asyncio.create_task(self._drain_stderr())
+        channels.close_worker_ends()
+        self.reader, self.writer, self._read_transport = await _streams(channels)
         try:
             raw = await asyncio.wait_for(self.reader.readline(), START_TIMEOUT_S)
         except TimeoutError:
             raw = b""
-        hello = None
-        with contextlib.suppress(msgspec.DecodeError):
-            hello = msgspec.json.decode(raw, type=_Hello) if raw else None
-        if hello is None or not hello.ready:
-            why = hello.error if hello is not None and hello.error else await self._failure_text()
+        hello = _fields(raw) if raw else []
+        if hello[:1] != ["ready"] or len(hello) < 3:
+            why = hello[1] if hello[:1] == ["failed"] and len(hello) > 1 else await self._failure_text()
             await self.close()
             raise SandboxUnavailable(f"the R worker did not start: {why}")
-        self.r_version = hello.r_version
+        self.r_version = hello[1]
+        channels.take_console(0)  # what starting printed, and the warm-up's progress lines
         self.alive = True
-
-    async def _drain_stderr(self) -> None:
-        """Keep reading the worker's stderr (bwrap's and R's own complaints) so it can never fill
-        up and stall the worker; the last few kB explain a worker that would not start."""
-        assert self.proc is not None and self.proc.stderr is not None
-        with contextlib.suppress(Exception):
-            while chunk := await self.proc.stderr.read(4096):
-                self._stderr_tail = (self._stderr_tail + chunk)[-4000:]
 
     async def _failure_text(self) -> str:
         parts = []
@@ -203,12 +279,8 @@ class _Worker:
             self.kill("start failed")
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.proc.wait(), 5)
-            if self._drain is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._drain, 5)
-            parts.append(self._stderr_tail.decode(errors="replace").strip())
-        if self.scratch is not None:
-            parts.append(_head(os.path.join(self.scratch, ".qasynth", "console")))
+        if self.channels is not None:
+            parts.append(self.channels.console_head())
         text = " | ".join(p for p in parts if p)
         return text or "it exited without a word (is R installed, and can bwrap create user namespaces here?)"
 
@@ -230,8 +302,15 @@ class _Worker:
         if self.proc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.proc.wait(), 10)
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self._read_transport is not None:
+            self._read_transport.close()
+            self._read_transport = None
+        if self.channels is not None:
+            self.channels.close()
+            self.channels = None
         if self.uid is not None:
             # The namespace dies with its init, a moment after bwrap; make sure of it, since
             # a dedicated uid names exactly this worker's processes.
@@ -247,36 +326,21 @@ class _Worker:
             if self._uid_lock is not None and not processes_of(self.uid):
                 os.close(self._uid_lock)  # the uid is free for the next worker
                 self._uid_lock = None
-        if self._drain is not None:
-            self._drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._drain
-            self._drain = None
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
 
-    async def run(self, job_id: str, code: str) -> RunResult:
-        assert self.proc is not None and self.proc.stdin is not None and self.reader is not None
+    async def run(self, job: int, code: str) -> RunResult:
+        assert self.writer is not None and self.reader is not None and self.channels is not None
         limits = self.limits
         self.jobs += 1
         self.kill_reason = None
-        request = "\t".join(
-            [
-                job_id,
-                repr(float(limits.wall_s)),
-                repr(float(limits.cpu_s)),
-                str(limits.output_bytes),
-                str(limits.keep_bytes),
-                str(limits.total_mem_mb * 2**20),
-                str(limits.file_mb * 2**20),
-                code.replace("\x00", "").encode("utf-8", errors="replace").hex(),  # R strings hold no NUL
-            ]
-        )
+        source = code.replace("\x00", "").encode("utf-8", errors="replace")  # R strings hold no NUL
+        request = struct.pack("<ii", job, len(source)) + source
         started = time.perf_counter()
         try:
-            self.proc.stdin.write(request.encode() + b"\n")
-            await self.proc.stdin.drain()
+            self.writer.write(request)
+            await self.writer.drain()
             raw = await asyncio.wait_for(self.reader.readline(), limits.wall_s + GRACE_S)
         except TimeoutError:
             self.kill("deadline")
@@ -308,21 +372,28 @@ class _Worker:
             return RunResult(
                 verdict="killed", message="the sandbox died while the snippet ran", duration_ms=duration_ms
             )
-        reply = msgspec.json.decode(raw, type=_Reply)
+        try:
+            reply = _Reply.parse(raw)
+        except ValueError as exc:
+            self.kill("garbled reply")
+            return RunResult(
+                verdict="killed", message=f"the worker's reply could not be read ({exc}); it was replaced"
+            )
         if reply.retire:
             self.kill("retired")  # it asked to be replaced
-        if reply.id != job_id:
+        if reply.job != job:
             self.kill("out of step")
             return RunResult(verdict="killed", message="the worker answered out of step; it was replaced")
+        stdout, stdout_bytes = self.channels.take_console(limits.keep_bytes)
         verdict = reply.verdict if reply.verdict in _RUN_VERDICTS else "killed"
         return RunResult(
             verdict=verdict,  # type: ignore[arg-type]
             message=reply.message,
             failing_call=reply.failing_call,
             line=reply.line,
-            warnings=tuple(reply.warnings),
-            stdout=reply.stdout,
-            stdout_bytes=int(reply.stdout_bytes),
+            warnings=reply.warnings,
+            stdout=stdout,
+            stdout_bytes=stdout_bytes,
             duration_ms=round(reply.duration_ms, 3),
             cpu_ms=reply.cpu_ms,
             peak_mem_mb=round(reply.peak_mem_bytes / 2**20, 1),
@@ -457,7 +528,7 @@ class WorkerPool:
         worker = await self._acquire()
         self._busy.add(worker)
         try:
-            return await worker.run(f"j{next(self._ids)}", code)
+            return await worker.run(next(self._ids), code)
         finally:
             self._busy.discard(worker)
             if worker.alive and not self._closed:

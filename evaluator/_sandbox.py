@@ -147,7 +147,8 @@ class Launch:
     preexec: Callable[[], None]
     user: int | None
     pass_fds: tuple[int, ...]
-    console: str
+    state_dir: str
+    """Where worker.R lives, as the worker sees it."""
     uid: int
 
 
@@ -175,17 +176,30 @@ def build_launch(
     packages: tuple[str, ...],
     worker_fd: int | None,
     scratch: str | None,
+    channels: tuple[int, int, int] = (-1, -1, -1),
 ) -> Launch:
     """The command for one worker. `uid` is its claimed dedicated uid (root only; None runs as
     the caller). `worker_fd` feeds worker.R to bwrap; `scratch` is the host directory of a
-    `none` worker (created by the caller, owned by the worker's uid)."""
+    `none` worker (created by the caller, owned by the worker's uid). `channels` are the
+    worker's ends of the request pipe, the reply pipe and the progress file (see worker.R)."""
     tools = check_tools(mode)
     as_root = uid is not None
     uid = uid if uid is not None else os.geteuid()
     # RLIMIT_NPROC is per user: as a dedicated uid the worker starts from zero; as an
     # ordinary user it starts from what that user already runs.
     nproc = limits.procs if as_root else _user_tasks(uid) + limits.procs
-    package_arg = ",".join(packages)
+    worker_args = [
+        "--args",
+        "",
+        ",".join(packages),
+        *(str(fd) for fd in channels),
+        repr(float(limits.wall_s)),
+        repr(float(limits.cpu_s)),
+        str(limits.output_bytes),
+        str(limits.total_mem_mb * 2**20),
+        str(limits.file_mb * 2**20),
+    ]
+    pass_fds = tuple(fd for fd in channels if fd >= 0)
     base_env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
@@ -198,7 +212,6 @@ def build_launch(
     }
     if mode == "bwrap":
         assert worker_fd is not None
-        console = f"{STATE_DIR}/console"
         argv = [
             tools["bwrap"],
             "--unshare-all",
@@ -223,40 +236,30 @@ def build_launch(
         env = {**base_env, "HOME": "/tmp/work", "TMPDIR": "/tmp"}
         for key, value in env.items():
             argv += ["--setenv", key, value]
-        argv += ["--", "R", "--vanilla", "--no-echo", "-f", WORKER_PATH, "--args", "1", package_arg, console]
+        worker_args[1] = "1"
+        argv += ["--", "R", "--vanilla", "--no-echo", "-f", WORKER_PATH, *worker_args]
         return Launch(
             argv=argv,
             env={},
             preexec=_rlimits(limits, nproc),
             user=uid if as_root else None,
-            pass_fds=(worker_fd,),
-            console=console,
+            pass_fds=(worker_fd, *pass_fds),
+            state_dir=STATE_DIR,
             uid=uid,
         )
     assert scratch is not None
     state = os.path.join(scratch, ".qasynth")
-    console = os.path.join(state, "console")
     worker_path = os.path.join(state, "worker.R")
     env = {**base_env, "HOME": scratch, "TMPDIR": scratch}
     # Mode 2: the worker may sweep every process of its uid, which is its own only as root.
-    argv = [
-        tools["R"],
-        "--vanilla",
-        "--no-echo",
-        "-f",
-        worker_path,
-        "--args",
-        "2" if as_root else "0",
-        package_arg,
-        console,
-    ]
+    worker_args[1] = "2" if as_root else "0"
     return Launch(
-        argv=argv,
+        argv=[tools["R"], "--vanilla", "--no-echo", "-f", worker_path, *worker_args],
         env=env,
         preexec=_rlimits(limits, nproc),
         user=uid if as_root else None,
-        pass_fds=(),
-        console=console,
+        pass_fds=pass_fds,
+        state_dir=state,
         uid=uid,
     )
 

@@ -3,17 +3,23 @@
 # packages, RNG state and open devices never reach the next snippet, and a
 # snippet starts in a few milliseconds instead of the ~0.3 s of a fresh Rscript.
 #
-# Protocol (see evaluator/_pool.py):
-#   stdin   one request a line, tab-separated:
-#           id, wall_s, cpu_s, output_bytes, keep_bytes, total_mem_bytes, file_bytes, hex(code)
-#   stdout  one JSON object a line: first a hello, then one reply per request
-#   stderr  the worker's own trouble, for whoever started it
-# A child rewires its fds 1 and 2 to the "console" file (argument 3) and fd 0 to
-# /dev/null before it runs a snippet: printed output, messages and the output of
-# system() all land in the console, as in a terminal, and the snippet cannot reach
-# the request and reply pipes through them.
+# Descriptors, set up by whoever starts it (evaluator/_pool.py):
+#   0       /dev/null: a snippet reading stdin reads nothing, as in a script run
+#   1, 2    the "console": one in-memory file, opened for appending, where printed output,
+#           messages and the output of system() all land, as in a terminal. The pool reads
+#           it after each reply and empties it; this process never writes to it.
+#   <req>   requests: two little-endian 32-bit integers (a job number and the code's length
+#           in bytes), then the code
+#   <rep>   replies, one line each, tab-separated fields (backslash, tab and newline escaped):
+#           first "ready", R's version and this process's pid (or "failed" and why), then
+#           per request: job, verdict, line, duration_ms, cpu_ms, peak_mem_bytes,
+#           leftover_processes, retire (0/1), message, failing_call, and the warnings
+#   <prog>  the "progress" file: the child appends the line of each top-level expression it
+#           starts; the pool empties it after each reply
+# The request and reply pipes are closed in every child, so a snippet cannot reach them.
 #
-# Usage: R --vanilla --no-echo -f worker.R --args <mode 0|1|2> <packages,comma,separated> <console>
+# Usage: R --vanilla --no-echo -f worker.R --args <mode 0|1|2> <packages,comma,separated>
+#        <req> <rep> <prog> <wall_s> <cpu_s> <output_bytes> <total_mem_bytes> <file_bytes>
 #
 # Mode 1, inside the bubblewrap sandbox: this process is alone in its PID namespace
 # with the sandbox's reaper (pid 1), so every other process was started by a snippet.
@@ -26,89 +32,91 @@ local({
   sandboxed <- identical(args[1L], "1")
   own_uid <- identical(args[1L], "2")
   packages <- if (length(args) >= 2L && nzchar(args[2L])) strsplit(args[2L], ",", fixed = TRUE)[[1L]] else character()
-  console <- if (length(args) >= 3L) args[3L] else stop("worker.R needs the console path")
+  fds <- suppressWarnings(as.integer(args[3:5]))
+  limits <- suppressWarnings(as.numeric(args[6:10]))
+  if (anyNA(fds) || anyNA(limits)) stop("worker.R needs its descriptors and limits")
+  names(limits) <- c("wall_s", "cpu_s", "output_bytes", "total_mem_bytes", "file_bytes")
+  limits <- as.list(limits)
+  fd_path <- function(fd) sprintf("/proc/self/fd/%d", fd)
+  console <- fd_path(1L)
+  progress_path <- fd_path(fds[3L])
   options(warn = -1L)
 
-  # ---- JSON out, without jsonlite (only r-base-core is needed) ------------------------
-  utf8 <- function(x) {
-    x <- as.character(x)
-    x <- iconv(enc2utf8(x), "UTF-8", "UTF-8", sub = "?")
-    x[is.na(x)] <- ""
-    x
+  # ---- replies: one line of tab-separated fields ---------------------------------------------
+  # Strings go out as R holds them, with only what would break the line escaped; the pool
+  # decodes them as UTF-8.
+  escape <- function(x) {
+    x <- gsub("\\", "\\\\", enc2utf8(as.character(x)), fixed = TRUE, useBytes = TRUE)
+    x <- gsub("\t", "\\t", x, fixed = TRUE, useBytes = TRUE)
+    gsub("\n", "\\n", x, fixed = TRUE, useBytes = TRUE)
   }
-  json_str <- function(s) {
-    s <- utf8(s)
-    s <- gsub("\\", "\\\\", s, fixed = TRUE)
-    s <- gsub("\"", "\\\"", s, fixed = TRUE)
-    s <- gsub("\n", "\\n", s, fixed = TRUE)
-    s <- gsub("\r", "\\r", s, fixed = TRUE)
-    s <- gsub("\t", "\\t", s, fixed = TRUE)
-    ctl <- grepl("[\001-\037]", s, useBytes = TRUE)
-    if (any(ctl)) s[ctl] <- vapply(s[ctl], json_ctl, "", USE.NAMES = FALSE)
-    paste0("\"", s, "\"")
-  }
-  # The control characters JSON wants escaped and the gsub()s above left alone.
-  json_ctl <- function(s) {
-    parts <- vapply(utf8ToInt(s), function(cp) {
-      if (cp < 32L) sprintf("\\u%04x", cp) else intToUtf8(cp)
-    }, character(1))
-    paste(parts, collapse = "")
-  }
-  json_num <- function(x) {
-    if (is.integer(x)) return(as.character(x))
-    if (x == trunc(x) && abs(x) < 1e15) return(sprintf("%.0f", x + 0)) # + 0: no "-0"
-    format(x, digits = 15, scientific = FALSE, trim = TRUE)
-  }
-  to_json <- function(x) {
-    if (is.null(x)) return("null")
-    if (is.list(x)) {
-      vals <- vapply(x, to_json, character(1), USE.NAMES = FALSE)
-      if (!is.null(names(x))) return(paste0("{", paste0(json_str(names(x)), ":", vals, collapse = ","), "}"))
-      return(paste0("[", paste(vals, collapse = ","), "]"))
-    }
-    if (length(x) != 1L) return(to_json(as.list(x)))
-    if (is.na(x)) return("null")
-    if (is.logical(x)) return(if (x) "true" else "false")
-    if (is.numeric(x)) return(json_num(x))
-    json_str(x)
+  reply_line <- function(r) {
+    or_empty <- function(x) if (is.null(x) || !length(x)) "" else paste(x, collapse = "\n")
+    fields <- sprintf(
+      "%s\t%s\t%d\t%.3f\t%.0f\t%.0f\t%d\t%d", r$id, r$verdict,
+      if (is.null(r$line)) NA_integer_ else as.integer(r$line[1L]),
+      as.numeric(c(r$duration_ms, 0)[1L]), as.numeric(c(r$cpu_ms, 0)[1L]),
+      as.numeric(c(r$peak_mem_bytes, 0)[1L]), as.integer(c(r$leftover_processes, 0L)[1L]),
+      as.integer(isTRUE(r$retire))
+    )
+    text <- escape(c(or_empty(r$message), or_empty(r$failing_call), as.character(r$warnings)))
+    paste(c(fields, text), collapse = "\t")
   }
 
-  own_fds <- function() suppressWarnings(as.integer(list.files("/proc/self/fd")))
-  send <- function(x) {
-    cat(to_json(x), "\n", sep = "", file = stdout())
-    flush(stdout())
+  # ---- the channels: R cannot adopt a descriptor it inherited, but it can open the same
+  # pipe again through /proc/self/fd; the inherited numbers are then closed -----------------
+  requests <- file(fd_path(fds[1L]), open = "rb", blocking = TRUE, raw = TRUE)
+  replies <- file(fd_path(fds[2L]), open = "w", raw = TRUE)
+  parallel:::closeFD(fds[1:2])
+  send <- function(line) {
+    cat(line, "\n", sep = "", file = replies)
+    flush(replies)
   }
 
   # ---- start: preload (not attach) so library(x) in a snippet is cheap, while the
-  # search path stays what a fresh Rscript has -------------------------------------------
+  # search path stays what a fresh Rscript has. Nothing else: every page this process
+  # holds is copied into the page tables of every fork and freed again when it exits. ------
   failed <- tryCatch({
     for (p in packages) suppressPackageStartupMessages(loadNamespace(p))
     loadNamespace("parallel")
-    loadNamespace("tools")
     NULL
   }, error = function(e) conditionMessage(e))
   if (!is.null(failed)) {
-    send(list(ready = FALSE, error = failed))
+    send(paste0("failed\t", escape(failed)))
     quit(save = "no", status = 3L)
   }
   # Plots go nowhere: the device is opened once and every child draws on its own copy.
   options(device = function(...) grDevices::pdf(NULL))
   grDevices::pdf(NULL)
 
-  input <- file("stdin", open = "r", blocking = TRUE)
-  # Descriptors a child must not keep besides 0-2 (which it rewires): whatever else R
-  # holds open. A child that could write to a pipe of ours could forge a reply by accident.
+  # The child appends to the progress file through this connection; the parent reads it by path.
+  progress <- file(progress_path, open = "a", raw = TRUE)
+  # Descriptors a child must not keep: the request and reply pipes (reopened above, so their
+  # numbers are not the inherited ones). A child that could write to a pipe of ours could
+  # forge a reply by accident.
   private_fds <- local({
-    fds <- setdiff(own_fds(), c(0L, 1L, 2L))
-    targets <- Sys.readlink(file.path("/proc/self/fd", fds))
-    # Not the descriptor that listed the directory: it is closed (or /proc) by now.
-    fds[nzchar(targets) & !startsWith(targets, "/proc/")]
+    fds <- setdiff(suppressWarnings(as.integer(list.files("/proc/self/fd"))), 0:2)
+    fds[startsWith(Sys.readlink(fd_path(fds)), "pipe:")]
   })
+  # parallel's own entry points, called directly: its R wrappers only check what is known to
+  # be right here, and each call in a parent that has just forked costs page faults.
+  mc_fork <- parallel:::C_mc_fork
+  mc_select <- parallel:::C_mc_select_children
+  mc_read <- parallel:::C_mc_read_child
+  mc_rm <- parallel:::C_mc_rm_child
+  mc_kill <- parallel:::C_mc_kill
+  mc_send <- parallel:::C_mc_send_master
+  mc_exit <- parallel:::C_mc_exit
+  # SIGKILL, through parallel (tools::pskill would load one more package into every fork);
+  # a process that is gone already is no error.
+  kill9 <- function(pids) {
+    for (p in pids) tryCatch(.Call(mc_kill, as.integer(p), 9L), error = function(e) NULL)
+  }
   self_pid <- Sys.getpid()
   tmp_root <- normalizePath(tempdir(), mustWork = TRUE)
-  state_dir <- dirname(console)
-  work_dir <- if (sandboxed) "/tmp/work" else file.path(tmp_root, "work")
-  progress_path <- file.path(state_dir, "progress")
+  tmp_base <- dirname(tmp_root) # TMPDIR: the sandbox's /tmp, or the scratch dir
+  state_dir <- file.path(tmp_base, ".qasynth")
+  work_dir <- if (sandboxed) file.path(tmp_base, "work") else file.path(tmp_root, "work")
   page_bytes <- 4096
   clk_tck <- 100
 
@@ -150,7 +158,14 @@ local({
   }
   # Kill every process but the reaper and this worker, until none is left. `child`, the
   # snippet's own process, is already dead or dying by now and is not waited for.
+  # In the sandbox's PID namespace the last pid handed out tells at once whether the child
+  # started anything at all: the usual case, and then there is nothing to look for.
+  last_pid <- if (sandboxed) file("/proc/sys/kernel/ns_last_pid", open = "rb", raw = TRUE)
   sweep <- function(child) {
+    if (sandboxed) {
+      seek(last_pid, 0)
+      if (identical(rawToChar(readBin(last_pid, "raw", 32L)), paste0(child, "\n"))) return(0L)
+    }
     killed <- integer()
     for (round in 1:100) {
       pids <- setdiff(others(), child)
@@ -159,15 +174,26 @@ local({
         !is.null(s) && !(s$state %in% c("Z", "X"))
       }, logical(1))]
       if (!length(live)) break
-      tools::pskill(live, tools::SIGKILL)
+      kill9(live)
       killed <- union(killed, live)
       Sys.sleep(0.0005)
     }
     length(killed)
   }
-  # Files a snippet wrote anywhere it could: its work dir, R's tempdir, /tmp, /dev/shm.
+
+  # ---- what a snippet may leave behind: files where it can write, and the work dir -------
+  # Those places, and what may stay in them: the dirs themselves and this script.
+  roots <- unique(c(tmp_base, state_dir, tmp_root, work_dir, if (sandboxed) "/dev/shm"))
+  keep <- c(state_dir, tmp_root, work_dir, file.path(state_dir, "worker.R"))
+  listing <- function() list.files(roots, all.files = TRUE, full.names = TRUE, no.. = TRUE)
+  # Everything a snippet could change that the next one would notice: what the places hold,
+  # whether they are still writable directories, and the worker's working directory
+  # (NULL once the directory it names is gone, even if one of the same name took its place).
+  state_of <- function() list(listing(), file.access(roots, 7L), Sys.readlink(roots), getwd())
+  clean_state <- NULL
+  root_modes <- NULL
+  # Files a snippet wrote anywhere it could, for the file-size verdict.
   written <- function() {
-    roots <- c(work_dir, tmp_root, if (sandboxed) c("/tmp", "/dev/shm"))
     files <- unique(unlist(lapply(roots, function(r) {
       list.files(r, recursive = TRUE, full.names = TRUE, all.files = TRUE)
     })))
@@ -178,33 +204,29 @@ local({
     i <- which.max(sizes)
     list(path = files[i], size = sizes[i])
   }
+  # Back to the state after start: only the kept dirs, empty, with their modes, and this
+  # process working in the work dir. Skipped when nothing changed (`state_of()`).
   wipe <- function() {
-    for (d in list.files(tmp_root, all.files = TRUE, no.. = TRUE, full.names = TRUE)) {
-      unlink(d, recursive = TRUE, force = TRUE)
+    for (d in c(state_dir, tmp_root, work_dir)) {
+      if (!dir.exists(d) || nzchar(Sys.readlink(d))) unlink(d, recursive = TRUE, force = TRUE)
+      dir.create(d, showWarnings = FALSE, mode = "0700")
     }
-    unlink(work_dir, recursive = TRUE, force = TRUE)
-    if (sandboxed) {
-      for (root in c("/tmp", "/dev/shm")) {
-        entries <- list.files(root, all.files = TRUE, no.. = TRUE, full.names = TRUE)
-        keep <- normalizePath(entries, mustWork = FALSE) %in% c(tmp_root, state_dir)
-        unlink(entries[!keep], recursive = TRUE, force = TRUE)
-      }
-    }
-    extra <- setdiff(list.files(state_dir, all.files = TRUE, no.. = TRUE), c("console", "progress", "worker.R"))
-    unlink(file.path(state_dir, extra), recursive = TRUE, force = TRUE)
-    # A fresh, empty console (the old one may sit at the file-size limit, or a snippet may
-    # have replaced it with something else): nothing of the snippet's is alive by now.
-    Sys.chmod(state_dir, "0755")
-    unlink(c(console, progress_path), recursive = TRUE, force = TRUE)
-    close(file(console, open = "w"))
+    if (!is.null(root_modes)) Sys.chmod(roots, root_modes, use_umask = FALSE)
+    unlink(setdiff(listing(), keep), recursive = TRUE, force = TRUE)
+    setwd(work_dir)
+    if (is.null(root_modes)) root_modes <<- file.mode(roots)
+    clean_state <<- state_of()
   }
   read_head <- function(path, n) {
-    size <- file.size(path)
-    if (is.na(size) || size == 0) return(list(text = "", size = 0))
-    con <- file(path, open = "rb")
+    con <- file(path, open = "rb", raw = TRUE)
     on.exit(close(con))
-    raw <- readBin(con, "raw", n = min(n, size))
-    list(text = utf8(rawToChar(raw[raw != as.raw(0)])), size = size)
+    raw <- readBin(con, "raw", n = n)
+    size <- length(raw)
+    if (size >= n) {
+      seek(con, 0, origin = "end")
+      size <- seek(con, 0, origin = "end")
+    }
+    list(text = rawToChar(raw[raw != as.raw(0)]), size = size)
   }
   # The line of the last top-level expression the child started (it appends one per expression).
   read_progress <- function() {
@@ -213,7 +235,7 @@ local({
     if (length(v) && !is.na(v)) v else NA_integer_
   }
 
-  # ---- the child: run one snippet and send back a list ------------------------------------
+  # ---- the snippet: parsed here, run in the child ---------------------------------------------
   # quit() and q() end the snippet, not the worker's bookkeeping: status 0 is a normal end.
   quit_hook <- function(save = "default", status = 0, runLast = TRUE) {
     cond <- structure(class = c("qasynth_quit", "condition"), list(message = "quit", call = NULL, status = status))
@@ -231,22 +253,24 @@ local({
     if (nchar(text) > 300L) text <- paste0(substr(text, 1L, 297L), "...")
     text
   }
-  time_limits <- list(cpu = 0, wall = 0)
-  run_snippet <- function(code) {
+  # Parsing cannot touch anything a snippet could see, so it happens here, before the fork:
+  # code that does not parse gets its verdict without a child at all.
+  parse_snippet <- function(code) {
+    exprs <- tryCatch(parse(text = code, keep.source = TRUE, encoding = "UTF-8"), error = function(e) e)
+    if (!inherits(exprs, "error")) return(exprs)
+    msg <- conditionMessage(exprs)
+    m <- regmatches(msg, regexec("^(<text>:)?([0-9]+):([0-9]+): ", msg))[[1L]]
+    list(
+      verdict = "parse_error",
+      message = sub("^(<text>:)?([0-9]+):([0-9]+): ", "line \\2:\\3: ", msg),
+      line = if (length(m)) as.integer(m[3L]) else NULL
+    )
+  }
+  run_snippet <- function(exprs) {
     warnings <- character()
     failing_call <- NULL
     deep_line <- NA_integer_
     current <- 0L
-    exprs <- tryCatch(parse(text = code, keep.source = TRUE, encoding = "UTF-8"), error = function(e) e)
-    if (inherits(exprs, "error")) {
-      msg <- conditionMessage(exprs)
-      m <- regmatches(msg, regexec("^(<text>:)?([0-9]+):([0-9]+): ", msg))[[1L]]
-      return(list(
-        verdict = "parse_error",
-        message = sub("^(<text>:)?([0-9]+):([0-9]+): ", "line \\2:\\3: ", msg),
-        line = if (length(m)) as.integer(m[3L]) else NULL
-      ))
-    }
     srcfile <- attr(exprs, "srcfile")
     srcrefs <- attr(exprs, "srcref")
     snippet_line <- function() {
@@ -259,13 +283,12 @@ local({
       NA_integer_
     }
     quit_status <- NULL
-    progress <- tryCatch(file(progress_path, open = "w"), error = function(e) NULL)
     outcome <- tryCatch(
       withCallingHandlers(
         {
           for (i in seq_along(exprs)) {
             current <- i
-            # Bookkeeping must not become the snippet's error (a full /tmp, closeAllConnections()):
+            # Bookkeeping must not become the snippet's error (closeAllConnections()):
             # the inner tryCatch catches before the calling handlers below ever see it.
             tryCatch({
               cat(if (length(srcrefs) >= i) srcrefs[[i]][1L] else i, "\n", sep = "", file = progress)
@@ -324,9 +347,9 @@ local({
       }
       if (verdict == "timeout") {
         msg <- if (grepl("CPU", msg)) {
-          sprintf("used more than %g s of CPU time (%s)", time_limits$cpu, msg)
+          sprintf("used more than %g s of CPU time (%s)", limits$cpu_s, msg)
         } else {
-          sprintf("still running after %g s (%s)", time_limits$wall, msg)
+          sprintf("still running after %g s (%s)", limits$wall_s, msg)
         }
       }
       return(list(verdict = verdict, message = msg, failing_call = failing_call, line = line, warnings = warnings))
@@ -334,51 +357,51 @@ local({
     list(verdict = "passed", warnings = warnings)
   }
 
-  child_main <- function(req) {
-    # fds 1 and 2 become the console and stdin reads as empty, like a script run. A
-    # closed descriptor is the lowest free one, so each file() lands on the number just closed.
-    parallel:::closeFD(private_fds)
-    parallel:::closeFD(1L)
-    fd1 <- file(console, open = "a")
-    parallel:::closeFD(2L)
-    fd2 <- file(console, open = "a")
-    parallel:::closeFD(0L)
-    fd0 <- file("/dev/null", open = "r")
-    rewired <- Sys.readlink(sprintf("/proc/self/fd/%d", 0:2))
-    if (!all(endsWith(rewired, c("/dev/null", basename(console), basename(console))))) parallel:::mcexit(1L)
-    dir.create(work_dir, recursive = TRUE, showWarnings = FALSE)
-    setwd(work_dir)
-    sink(stdout(), type = "message")
-    options(warn = 0L)
-    time_limits <<- list(cpu = req$cpu_s, wall = req$wall_s)
-    if (req$cpu_s > 0) setTimeLimit(cpu = req$cpu_s, elapsed = req$wall_s)
-    res <- tryCatch(run_snippet(req$code), error = function(e) {
-      list(verdict = "runtime_error", message = conditionMessage(e))
-    })
+  # ---- the child: everything it needs is in place already (descriptors 0-2, the working
+  # directory, HOME); it lets go of our pipes, runs the snippet and sends back a list ----------
+  child_main <- function(exprs) {
+    # Whatever goes wrong, the child ends here: an error must never unwind into the parent's loop.
+    res <- tryCatch({
+      compiler::enableJIT(0) # as parallel::mcfork() does in a child
+      # parallel gives a child a pipe from the parent as stdin; /dev/null takes its place
+      # (a closed descriptor is the lowest free one, so the file lands on 0).
+      parallel:::closeFD(c(0L, private_fds))
+      stdin_null <- file("/dev/null", open = "r")
+      sink(stdout(), type = "message")
+      options(warn = 0L)
+      if (limits$cpu_s > 0) setTimeLimit(cpu = limits$cpu_s, elapsed = limits$wall_s)
+      run_snippet(exprs)
+    }, error = function(e) list(verdict = "runtime_error", message = conditionMessage(e)))
     setTimeLimit()
     try(flush(stdout()), silent = TRUE)
-    parallel:::sendMaster(serialize(res, NULL, xdr = FALSE))
-    parallel:::mcexit(0L)
+    try(.Call(mc_send, serialize(res, NULL, xdr = FALSE)), silent = TRUE)
+    .Call(mc_exit, 0L)
   }
 
   # ---- the parent: fork, watch wall clock, CPU, memory and output, clean up -----------------
-  dirty <- FALSE # set while a snippet's files may be around: the next one starts clean anyway
-  handle <- function(req) {
-    if (dirty) wipe()
-    dirty <<- TRUE
+  dirty <- FALSE # set while a snippet's leftovers may be around: the next one starts clean anyway
+  handle <- function(id, code) {
     started <- proc.time()[["elapsed"]]
-    job <- parallel:::mcfork()
-    if (inherits(job, "masterProcess")) child_main(req)
-    pid <- job$pid
+    exprs <- parse_snippet(code)
+    if (!is.expression(exprs)) {
+      res <- exprs
+      res$id <- id
+      res$duration_ms <- round((proc.time()[["elapsed"]] - started) * 1000, 3)
+      return(res)
+    }
+    if (dirty) cleanup()
+    dirty <<- TRUE
+    pid <- .Call(mc_fork, FALSE)[1L]
+    if (pid == 0L) child_main(exprs)
     data <- NULL
     stopped <- NULL
     last_cpu <- 0
     peak_mem <- 0
     repeat {
-      ready <- parallel:::selectChildren(job, timeout = 0.02)
+      ready <- .Call(mc_select, 0.02, pid)
       if (is.integer(ready) && pid %in% ready) {
         # One message is the whole result; EOF (an integer) means the child died without one.
-        chunk <- parallel:::readChild(pid)
+        chunk <- .Call(mc_read, pid)
         if (is.raw(chunk)) data <- chunk
         break
       }
@@ -389,19 +412,19 @@ local({
       mem <- snippet_rss()
       peak_mem <- max(peak_mem, mem)
       out_size <- file.size(console)
-      if (!is.na(out_size) && out_size > req$output_bytes) {
+      if (!is.na(out_size) && out_size > limits$output_bytes) {
         stopped <- "output_limit"
-      } else if (mem > req$total_mem_bytes) {
+      } else if (mem > limits$total_mem_bytes) {
         stopped <- "memory_limit"
-      } else if (elapsed > req$wall_s + 0.25) {
+      } else if (elapsed > limits$wall_s + 0.25) {
         stopped <- "timeout"
-      } else if (req$cpu_s > 0 && last_cpu > req$cpu_s + 0.25) {
+      } else if (limits$cpu_s > 0 && last_cpu > limits$cpu_s + 0.25) {
         stopped <- "cpu"
       }
       if (!is.null(stopped)) {
-        tools::pskill(pid, tools::SIGKILL)
+        kill9(pid)
         sweep(-1L)
-        parallel:::readChild(pid)
+        .Call(mc_read, pid)
         break
       }
     }
@@ -410,75 +433,58 @@ local({
     # parallel's exit handshake): end it now. The sweep then kills whatever else is alive;
     # the child itself does not count as left behind.
     if (!is.null(data)) {
-      tools::pskill(pid, tools::SIGKILL)
+      .Call(mc_kill, pid, 9L) # alive: it waits to be told it may exit
       # Its pipe reads EOF once the kernel has torn its memory down (before its files):
       # until then every page this process writes is a shared page, copied on write.
-      ready <- parallel:::selectChildren(pid, timeout = 0.1)
-      if (is.integer(ready) && pid %in% ready) parallel:::readChild(pid)
+      ready <- .Call(mc_select, 0.1, pid)
+      if (is.integer(ready) && pid %in% ready) .Call(mc_read, pid)
     }
-    progress <- read_progress()
     leftover <- sweep(pid)
-    parallel:::rmChild(pid)
-    out <- read_head(console, req$keep_bytes)
+    .Call(mc_rm, pid)
     res <- if (!is.null(data)) tryCatch(unserialize(data), error = function(e) NULL) else NULL
     if (is.null(res)) {
+      # No result: the console and the files it wrote tell what stopped it.
+      out <- read_head(console, 4096L)
       big <- written()
-      res <- if (identical(stopped, "output_limit") || out$size > req$output_bytes) {
-        list(verdict = "output_limit", message = sprintf("printed more than %.0f bytes", req$output_bytes))
+      res <- if (identical(stopped, "output_limit") || out$size > limits$output_bytes) {
+        list(verdict = "output_limit", message = sprintf("printed more than %.0f bytes", limits$output_bytes))
       } else if (identical(stopped, "memory_limit")) {
         list(verdict = "memory_limit", message = sprintf(
-          "its processes held more than %.0f MB of memory together", req$total_mem_bytes / 2^20))
+          "its processes held more than %.0f MB of memory together", limits$total_mem_bytes / 2^20))
       } else if (identical(stopped, "timeout")) {
-        list(verdict = "timeout", message = sprintf("still running after %g s (wall clock)", req$wall_s))
-      } else if (identical(stopped, "cpu") || (req$cpu_s > 0 && last_cpu >= req$cpu_s - 0.1)) {
-        list(verdict = "timeout", message = sprintf("used more than %g s of CPU time", req$cpu_s))
-      } else if (big$size >= req$file_bytes) {
+        list(verdict = "timeout", message = sprintf("still running after %g s (wall clock)", limits$wall_s))
+      } else if (identical(stopped, "cpu") || (limits$cpu_s > 0 && last_cpu >= limits$cpu_s - 0.1)) {
+        list(verdict = "timeout", message = sprintf("used more than %g s of CPU time", limits$cpu_s))
+      } else if (big$size >= limits$file_bytes) {
         list(verdict = "output_limit", message = sprintf(
           "wrote a file of %.0f bytes (%s), the most a file may hold", big$size, basename(big$path)))
       } else {
         tail <- if (grepl("caught segfault|caught illegal|caught bus error", out$text)) "; R reported a crash" else ""
         list(verdict = "killed", message = paste0("the R process died before the script finished", tail))
       }
-      if (!is.na(progress) && is.null(res$line)) res$line <- progress
+      if (is.null(res$line)) {
+        progress_line <- read_progress()
+        if (!is.na(progress_line)) res$line <- progress_line
+      }
     }
     if (leftover > 0L && identical(res$verdict, "passed")) {
       res$verdict <- "killed"
       res$message <- sprintf("left %d background process(es) running after it finished; they were killed", leftover)
     }
-    wipe()
-    dirty <<- FALSE
-    # Without a PID namespace the processes killed above are reaped by the host's init, on
-    # its own time; until then they count against this uid's process limit. A fresh worker
-    # (on a fresh uid) is the clean way on.
-    retire <- own_uid && (leftover > 0L || !is.null(stopped))
-    list(
-      id = req$id,
-      verdict = res$verdict,
-      message = if (is.null(res$message)) NULL else utf8(res$message),
-      failing_call = if (is.null(res$failing_call)) NULL else utf8(res$failing_call),
-      line = if (is.null(res$line) || is.na(res$line)) NULL else as.integer(res$line),
-      warnings = as.list(utf8(as.character(res$warnings))),
-      stdout = out$text,
-      stdout_bytes = out$size,
-      duration_ms = round(duration * 1000, 3),
-      cpu_ms = round(last_cpu * 1000),
-      peak_mem_bytes = peak_mem,
-      leftover_processes = leftover,
-      retire = retire
-    )
+    c(res, list(
+      id = id, duration_ms = round(duration * 1000, 3), cpu_ms = round(last_cpu * 1000),
+      peak_mem_bytes = peak_mem, leftover_processes = leftover,
+      # Without a PID namespace the processes killed above are reaped by the host's init, on
+      # its own time; until then they count against this uid's process limit. A fresh worker
+      # (on a fresh uid) is the clean way on.
+      retire = own_uid && (leftover > 0L || !is.null(stopped))
+    ))
   }
-
-  parse_request <- function(line) {
-    f <- strsplit(line, "\t", fixed = TRUE)[[1L]]
-    hex <- if (length(f) >= 8L) f[8L] else ""
-    n <- nchar(hex)
-    code <- if (n) rawToChar(as.raw(strtoi(substring(hex, seq.int(1L, n, 2L), seq.int(2L, n, 2L)), 16L))) else ""
-    Encoding(code) <- "UTF-8"
-    list(
-      id = f[1L], wall_s = as.numeric(f[2L]), cpu_s = as.numeric(f[3L]), output_bytes = as.numeric(f[4L]),
-      keep_bytes = as.numeric(f[5L]), total_mem_bytes = as.numeric(f[6L]), file_bytes = as.numeric(f[7L]),
-      code = code
-    )
+  # After a snippet, once its reply is out: the files and dirs as they were (the pool
+  # empties the console and the progress file once it has read the reply).
+  cleanup <- function() {
+    if (!identical(state_of(), clean_state)) wipe()
+    dirty <<- FALSE
   }
 
   # ---- warm-up: what every child would otherwise do for the first time, done once here --------
@@ -488,38 +494,31 @@ local({
   # them compiled and loaded in this process. Nothing reaches the global environment, the
   # search path, the options or the RNG: a snippet still starts as a fresh Rscript would.
   local({
-    run_snippet("invisible(NULL)")
-    run_snippet("(")
+    run_snippet(parse_snippet("invisible(NULL)"))
+    parse_snippet("(")
     utils::capture.output(print(1.5), print(c(a = 1L)), print("a"), print(TRUE), print(list(1)), cat("a\n"))
     serialize(list(verdict = "passed", warnings = character()), NULL, xdr = FALSE)
-    to_json(list(id = "0", a = 1L, b = list("x"), c = NULL, d = TRUE, e = 1.5))
+    reply_line(list(id = 0L, verdict = "passed", warnings = "w", line = 1L, duration_ms = 1.5))
     invisible(NULL)
   })
-  wipe()
   Sys.setenv(HOME = work_dir) # once here: every child inherits it, and a snippet's change dies with its child
+  wipe()
   baseline_rss <- { s <- proc_stat(self_pid); if (is.null(s)) 0 else s$rss_bytes }
-  send(list(
-    ready = TRUE,
-    protocol = 1L,
-    r_version = paste(R.version$major, R.version$minor, sep = "."),
-    packages = as.list(packages),
-    pid = self_pid
-  ))
+  send(paste("ready", paste(R.version$major, R.version$minor, sep = "."), self_pid, sep = "\t"))
   repeat {
-    line <- readLines(input, n = 1L)
-    if (!length(line)) break
-    req <- tryCatch(parse_request(line), error = function(e) NULL)
+    header <- readBin(requests, "integer", n = 2L, size = 4L, endian = "little")
+    if (length(header) < 2L) break
+    code <- rawToChar(readBin(requests, "raw", n = header[2L]))
+    Encoding(code) <- "UTF-8"
     # A worker that failed its own bookkeeping asks to be replaced: a snippet may have
     # broken its state, and the next one deserves a clean sandbox.
-    reply <- if (is.null(req)) {
-      list(id = sub("\t.*", "", line), verdict = "killed", message = "the worker could not read the request",
-           retire = TRUE)
-    } else {
-      tryCatch(handle(req), error = function(e) {
-        list(id = req$id, verdict = "killed", message = paste("worker error:", conditionMessage(e)), retire = TRUE)
-      })
-    }
-    send(reply)
+    reply <- tryCatch(handle(header[1L], code), error = function(e) {
+      list(id = header[1L], verdict = "killed", message = paste("worker error:", conditionMessage(e)), retire = TRUE)
+    })
+    send(reply_line(reply))
     if (isTRUE(reply$retire)) break
+    # While the pool reads the reply. Should it fail, the next request tries again first,
+    # inside handle(), where a failure retires the worker.
+    if (dirty) try(cleanup(), silent = TRUE)
   }
 })
