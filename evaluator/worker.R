@@ -105,6 +105,7 @@ local({
   mc_read <- parallel:::C_mc_read_child
   mc_rm <- parallel:::C_mc_rm_child
   mc_kill <- parallel:::C_mc_kill
+  mc_cleanup <- parallel:::C_mc_cleanup
   mc_send <- parallel:::C_mc_send_master
   mc_exit <- parallel:::C_mc_exit
   # SIGKILL, through parallel (tools::pskill would load one more package into every fork);
@@ -441,6 +442,10 @@ local({
     }
     leftover <- sweep(pid)
     .Call(mc_rm, pid)
+    # rmChild() detaches the child but leaves its entry in parallel's list of children, and
+    # every fork walks that list (the child frees it, copying a page per entry): drop the
+    # entries of children that are gone, as mccollect() would, or each fork costs more.
+    .Call(mc_cleanup, FALSE, FALSE, FALSE)
     res <- if (!is.null(data)) tryCatch(unserialize(data), error = function(e) NULL) else NULL
     if (is.null(res)) {
       # No result: the console and the files it wrote tell what stopped it.
