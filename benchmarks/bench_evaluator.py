@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from evaluator import Limits, WorkerPool  # noqa: E402
-from evaluator._sandbox import build_launch, claim_uid, worker_source  # noqa: E402
+from evaluator._reference import fresh_rscript  # noqa: E402
+from evaluator._sandbox import claim_uid, worker_source  # noqa: E402
 
 ANSWERS = [
     "before <- c(312, 298, 305, 330, 287, 301, 322, 315)\nafter <- c(295, 290, 301, 310, 280, 296, 305, 309)\n"
@@ -90,51 +91,6 @@ SHORT = [
 SETS = {"answers": ANSWERS, "short": SHORT}
 
 
-def fresh_command(code: str, uid: int | None, limits: Limits) -> tuple[list[str], object, int | None]:
-    """The warm worker's sandbox, running `Rscript --vanilla -e CODE` instead of the worker."""
-    r, w = os.pipe()
-    os.close(w)
-    launch = build_launch("bwrap", uid=uid, limits=limits, packages=(), worker_fd=r, scratch=None)
-    os.close(r)
-    prefix = launch.argv[: launch.argv.index("--") + 1]
-    # No worker.R here: drop its --ro-bind-data (the fd is gone) and keep everything else.
-    i = prefix.index("--ro-bind-data")
-    del prefix[i : i + 3]
-    argv = [
-        *prefix,
-        "/bin/sh",
-        "-c",
-        'mkdir -p /tmp/work && cd /tmp/work && exec Rscript --vanilla -e "$0"',
-        code,
-    ]
-    return argv, launch.preexec, launch.user
-
-
-async def run_fresh(code: str, uid: int | None, limits: Limits) -> tuple[str, str, float]:
-    argv, preexec, user = fresh_command(code, uid, limits)
-    started = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        preexec_fn=preexec,  # type: ignore[arg-type]
-        user=user,
-        group=user,
-        extra_groups=[] if user is not None else None,
-        env={},
-        cwd="/",
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), limits.wall_s + 5)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return "timeout", "", (time.perf_counter() - started) * 1000
-    verdict = "passed" if proc.returncode == 0 else "failed"
-    return verdict, out.decode(errors="replace"), (time.perf_counter() - started) * 1000
-
-
 async def measure(
     pool: WorkerPool,
     snippets: list[str],
@@ -152,7 +108,7 @@ async def measure(
     mismatches: list[str] = []
     # Warm up both sides once (page cache, first fork), outside the timing.
     await pool.run(snippets[0])
-    await run_fresh(snippets[0], uids[0][0] if uids else None, limits)
+    await fresh_rscript(snippets[0], limits=limits, uid=uids[0][0] if uids else None)
     for start in range(0, n, round_size):
         batch = jobs[start : start + round_size]
 
@@ -164,11 +120,12 @@ async def measure(
             async with sem:
                 uid = free.pop()
                 try:
-                    verdict, text, ms = await run_fresh(code, uid, limits)
+                    run = await fresh_rscript(code, limits=limits, uid=uid)
                 finally:
                     free.append(uid)
-                fresh_ms.append(ms)
-                return verdict, text
+                fresh_ms.append(run.duration_ms)
+                verdict = "timeout" if run.exit_code is None else "passed" if run.exit_code == 0 else "failed"
+                return verdict, run.stdout
 
         fresh = await asyncio.gather(*(fresh_one(c) for c in batch))
         fresh_wall += time.perf_counter() - t0

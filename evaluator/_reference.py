@@ -1,0 +1,80 @@
+"""The yardstick for the warm workers: one snippet in a fresh `Rscript`, in the same sandbox.
+
+A warm worker must give a snippet the verdict and the output a fresh R would. This runs that
+fresh R the plain way: the worker's bubblewrap command line (namespaces, mounts, environment),
+its dedicated uid and rlimits, `Rscript --vanilla -e CODE` in an empty work dir. The tests that
+check the workers against it and the benchmark that races them both use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+
+from evaluator._sandbox import build_launch
+from evaluator._types import Limits
+
+__all__ = ["FreshRun", "fresh_rscript"]
+
+
+@dataclass(frozen=True)
+class FreshRun:
+    exit_code: int | None
+    """None when it ran past the wall limit and was killed."""
+    stdout: str
+    stderr: str
+    duration_ms: float
+
+
+def _command(code: str, uid: int | None, limits: Limits) -> tuple[list[str], object, int | None]:
+    r, w = os.pipe()
+    os.close(w)
+    try:
+        launch = build_launch("bwrap", uid=uid, limits=limits, packages=(), worker_fd=r, scratch=None)
+    finally:
+        os.close(r)
+    prefix = launch.argv[: launch.argv.index("--") + 1]
+    # No worker.R here: drop its --ro-bind-data (the descriptor is gone), keep everything else.
+    i = prefix.index("--ro-bind-data")
+    del prefix[i : i + 3]
+    argv = [
+        *prefix,
+        "/bin/sh",
+        "-c",
+        'mkdir -p /tmp/work && cd /tmp/work && exec Rscript --vanilla -e "$0"',
+        code,
+    ]
+    return argv, launch.preexec, launch.user
+
+
+async def fresh_rscript(code: str, *, limits: Limits, uid: int | None) -> FreshRun:
+    """Run `code` in a new sandbox as `uid` (a uid claimed with `claim_uid`, or None when not
+    root): stdout and stderr apart, the exit code, the time it took."""
+    argv, preexec, user = _command(code, uid, limits)
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec,  # type: ignore[arg-type]
+        user=user,
+        group=user,
+        extra_groups=[] if user is not None else None,
+        env={},
+        cwd="/",
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), limits.wall_s + 5)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return FreshRun(None, "", "", (time.perf_counter() - started) * 1000)
+    return FreshRun(
+        proc.returncode,
+        out.decode(errors="replace"),
+        err.decode(errors="replace"),
+        (time.perf_counter() - started) * 1000,
+    )
