@@ -35,17 +35,13 @@ def _command(code: str, uid: int | None, limits: Limits) -> tuple[list[str], obj
         launch = build_launch("bwrap", uid=uid, limits=limits, packages=(), worker_fd=r, scratch=None)
     finally:
         os.close(r)
-    prefix = launch.argv[: launch.argv.index("--") + 1]
-    # No worker.R here: drop its --ro-bind-data (the descriptor is gone), keep everything else.
-    i = prefix.index("--ro-bind-data")
-    del prefix[i : i + 3]
-    argv = [
-        *prefix,
-        "/bin/sh",
-        "-c",
-        'mkdir -p /tmp/work && cd /tmp/work && exec Rscript --vanilla -e "$0"',
-        code,
-    ]
+    argv = launch.argv[: launch.argv.index("--")]
+    # No worker.R here: drop its --ro-bind-data (the descriptor is gone). bwrap itself makes
+    # and enters the work dir, so nothing but R starts in the sandbox.
+    i = argv.index("--ro-bind-data")
+    del argv[i : i + 3]
+    argv[argv.index("--chdir") + 1] = "/tmp/work"
+    argv += ["--dir", "/tmp/work", "--", "Rscript", "--vanilla", "-e", code]
     return argv, launch.preexec, launch.user
 
 
