@@ -341,7 +341,8 @@ class _Worker:
         try:
             self.writer.write(request)
             await self.writer.drain()
-            raw = await asyncio.wait_for(self.reader.readline(), limits.wall_s + GRACE_S)
+            async with asyncio.timeout(limits.wall_s + GRACE_S):  # no task per snippet, as wait_for makes
+                raw = await self.reader.readline()
         except TimeoutError:
             self.kill("deadline")
             return RunResult(
