@@ -335,6 +335,7 @@ class _Worker:
         limits = self.limits
         self.jobs += 1
         self.kill_reason = None
+        job &= 0x7FFFFFFF  # the request carries it as a 32-bit integer
         source = code.replace("\x00", "").encode("utf-8", errors="replace")  # R strings hold no NUL
         request = struct.pack("<ii", job, len(source)) + source
         started = time.perf_counter()
@@ -345,9 +346,12 @@ class _Worker:
                 raw = await self.reader.readline()
         except TimeoutError:
             self.kill("deadline")
+            stdout, stdout_bytes = self.channels.take_console(limits.keep_bytes)
             return RunResult(
                 verdict="timeout",
                 message=f"still running after {limits.wall_s:g} s; the sandbox was killed",
+                stdout=stdout,
+                stdout_bytes=stdout_bytes,
                 duration_ms=(time.perf_counter() - started) * 1000,
             )
         except (ConnectionError, BrokenPipeError) as exc:
@@ -363,15 +367,22 @@ class _Worker:
         if not raw:
             reason = self.kill_reason
             self.kill("died")
+            stdout, stdout_bytes = self.channels.take_console(limits.keep_bytes)  # what it printed till then
             if reason == "host_memory":
                 return RunResult(
                     verdict="memory_limit",
                     message=f"the machine ran low on memory (under {limits.host_min_free_mb} MB available) "
                     "while it ran; the sandbox was killed",
+                    stdout=stdout,
+                    stdout_bytes=stdout_bytes,
                     duration_ms=duration_ms,
                 )
             return RunResult(
-                verdict="killed", message="the sandbox died while the snippet ran", duration_ms=duration_ms
+                verdict="killed",
+                message="the sandbox died while the snippet ran",
+                stdout=stdout,
+                stdout_bytes=stdout_bytes,
+                duration_ms=duration_ms,
             )
         try:
             reply = _Reply.parse(raw)
