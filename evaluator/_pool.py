@@ -141,10 +141,17 @@ class _Channels:
     def worker_ends(self) -> tuple[int, int, int]:
         return self.request_r, self.reply_w, self.progress
 
+    def _close(self, *names: str) -> None:
+        """Close each descriptor once: a number closed twice may by then be another file's."""
+        for name in names:
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
     def close_worker_ends(self) -> None:
-        for fd in (self.request_r, self.reply_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._close("request_r", "reply_w")
 
     def console_head(self, n: int = 4000) -> str:
         try:
@@ -155,17 +162,17 @@ class _Channels:
     def take_console(self, keep_bytes: int) -> tuple[str, int]:
         """What the snippet printed (its first `keep_bytes`) and how much; then an empty console
         and progress file for the next one."""
-        size = os.fstat(self.console).st_size
-        head = os.pread(self.console, min(size, keep_bytes), 0) if size else b""
-        os.ftruncate(self.console, 0)
-        os.ftruncate(self.progress, 0)
+        try:
+            size = os.fstat(self.console).st_size
+            head = os.pread(self.console, min(size, keep_bytes), 0) if size else b""
+            os.ftruncate(self.console, 0)
+            os.ftruncate(self.progress, 0)
+        except OSError:  # closed under a snippet by the pool's shutdown
+            return "", 0
         return head.replace(b"\0", b"").decode("utf-8", errors="replace"), size
 
     def close(self) -> None:
-        self.close_worker_ends()
-        for fd in (self.console, self.progress, self.request_w, self.reply_r):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._close("request_r", "reply_w", "console", "progress", "request_w", "reply_r")
 
 
 async def _streams(
@@ -332,6 +339,7 @@ class _Worker:
 
     async def run(self, job: int, code: str) -> RunResult:
         assert self.writer is not None and self.reader is not None and self.channels is not None
+        channels = self.channels  # close() lets go of it, maybe while this snippet runs
         limits = self.limits
         self.jobs += 1
         self.kill_reason = None
@@ -346,7 +354,7 @@ class _Worker:
                 raw = await self.reader.readline()
         except TimeoutError:
             self.kill("deadline")
-            stdout, stdout_bytes = self.channels.take_console(limits.keep_bytes)
+            stdout, stdout_bytes = channels.take_console(limits.keep_bytes)
             return RunResult(
                 verdict="timeout",
                 message=f"still running after {limits.wall_s:g} s; the sandbox was killed",
@@ -367,7 +375,7 @@ class _Worker:
         if not raw:
             reason = self.kill_reason
             self.kill("died")
-            stdout, stdout_bytes = self.channels.take_console(limits.keep_bytes)  # what it printed till then
+            stdout, stdout_bytes = channels.take_console(limits.keep_bytes)  # what it printed till then
             if reason == "host_memory":
                 return RunResult(
                     verdict="memory_limit",
@@ -396,7 +404,7 @@ class _Worker:
         if reply.job != job:
             self.kill("out of step")
             return RunResult(verdict="killed", message="the worker answered out of step; it was replaced")
-        stdout, stdout_bytes = self.channels.take_console(limits.keep_bytes)
+        stdout, stdout_bytes = channels.take_console(limits.keep_bytes)
         verdict = reply.verdict if reply.verdict in _RUN_VERDICTS else "killed"
         return RunResult(
             verdict=verdict,  # type: ignore[arg-type]

@@ -236,3 +236,18 @@ async def test_a_worker_that_cannot_start_says_why(pool: WorkerPool, monkeypatch
     with pytest.raises(SandboxUnavailable, match="no-such-bwrap-option"):
         async with WorkerPool(workers=1):
             pass
+
+
+async def test_closing_a_pool_closes_only_its_own_descriptors(pool: WorkerPool) -> None:
+    one = WorkerPool(workers=1, limits=pool.limits)
+    await one.start()
+    await one.run("1")
+    # Opened after the worker started, on the lowest numbers free: those the pool let go of.
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(8)]
+    try:
+        await one.aclose()
+        for fd in fds:
+            os.fstat(fd)  # EBADF, had the pool closed one of these numbers a second time
+    finally:
+        for fd in fds:
+            os.close(fd)
