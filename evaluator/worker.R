@@ -464,7 +464,7 @@ local({
         list(verdict = "output_limit", message = sprintf(
           "wrote a file of %.0f bytes (%s), the most a file may hold", big$size, basename(big$path)))
       } else {
-        tail <- if (grepl("caught segfault|caught illegal|caught bus error", out$text)) "; R reported a crash" else ""
+        tail <- if (grepl("caught segfault|caught illegal|caught bus error", out$text, useBytes = TRUE)) "; R reported a crash" else ""
         list(verdict = "killed", message = paste0("the R process died before the script finished", tail))
       }
       if (is.null(res$line)) {
