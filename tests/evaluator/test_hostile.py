@@ -57,6 +57,10 @@ CASES = {
         {"killed"},
     ),
     "segfault": ("tools::pskill(Sys.getpid(), 11L)\nSys.sleep(1)", {"killed"}),
+    "bytes that are not UTF-8, then a segfault": (
+        "cat(rawToChar(as.raw(c(0xff, 0xfe, 0x41))), '\\n')\ntools::pskill(Sys.getpid(), 11L)\nSys.sleep(1)",
+        {"killed"},
+    ),
     "infinite recursion": ("f <- function(n) f(n + 1)\nf(1)", {"runtime_error"}),
     "endless loop calling C": ("x <- 0\nwhile (TRUE) x <- sum(runif(1e6))", {"timeout"}),
 }
@@ -123,6 +127,7 @@ async def test_evidence_of_the_big_ones() -> None:
         file = await pool.run("con <- file('big.bin', 'wb')\nfor (i in 1:10240) writeBin(raw(2^20), con)")
         out = await pool.run("for (i in 1:1e6) cat(strrep('x', 1000), '\\n')")
         bomb = await pool.run("repeat parallel::mcparallel(Sys.sleep(100))")
+        crash = await pool.run(CASES["bytes that are not UTF-8, then a segfault"][0])
     assert "cannot allocate vector of size 18.6 Gb" in (alloc.message or "")
     assert alloc.duration_ms < 3000
     assert file.message == f"wrote a file of {64 * 2**20} bytes (big.bin), the most a file may hold"
@@ -131,6 +136,8 @@ async def test_evidence_of_the_big_ones() -> None:
     assert out.stdout.startswith("x" * 1000) and len(out.stdout) == HOSTILE_LIMITS.keep_bytes
     assert out.stdout_truncated
     assert "unable to fork" in (bomb.message or "") or bomb.verdict == "timeout"
+    assert crash.verdict == "killed" and (crash.message or "").endswith("R reported a crash")
+    assert crash.stdout.startswith("\ufffd\ufffdA") and crash.line == 2
 
 
 async def test_a_frozen_worker_meets_the_pools_deadline() -> None:
