@@ -137,10 +137,12 @@ async def test_many_snippets_share_the_pool(pool: WorkerPool) -> None:
 async def test_a_dead_worker_is_replaced(pool: WorkerPool) -> None:
     async with WorkerPool(workers=1, limits=pool.limits) as one:
         r = await one.run(
+            "cat('before\\n'); flush(stdout())\n"
             "ppid <- as.integer(strsplit(readLines('/proc/self/stat'), ' ')[[1]][4])\n"
             "tools::pskill(ppid, 9L)\nSys.sleep(5)"
         )
         assert r.verdict == "killed"
+        assert r.stdout == "before\n"  # the console is the pool's: it outlives the worker
         after = await one.run("cat('alive')")
         assert after.verdict == "passed" and after.stdout == "alive"
         assert one.restarts == 1
