@@ -144,11 +144,13 @@ async def test_a_frozen_worker_meets_the_pools_deadline() -> None:
     # SIGSTOP to its own worker: nothing inside the sandbox can end the snippet any more.
     async with WorkerPool(workers=1, limits=Limits(wall_s=2.0, cpu_s=2.0)) as pool:
         r = await pool.run(
+            "cat('frozen\\n'); flush(stdout())\n"
             "pp <- as.integer(strsplit(readLines('/proc/self/stat'), ' ')[[1]][4])\n"
             "tools::pskill(pp, tools::SIGSTOP)\nSys.sleep(60)"
         )
         after = await pool.run("cat('ok')")
     assert r.verdict == "timeout" and "the sandbox was killed" in (r.message or "")
+    assert r.stdout == "frozen\n"
     assert after.verdict == "passed" and pool.restarts == 1
 
 
