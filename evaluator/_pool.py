@@ -238,12 +238,7 @@ class _Worker:
                 stdout=channels.console,
                 stderr=channels.console,
                 pass_fds=launch.pass_fds,
-                preexec_fn=launch.preexec,
-                user=launch.user,
-                group=launch.user,
-                extra_groups=[] if launch.user is not None else None,
-                env=launch.env,
-                cwd="/",
+                **launch.process_options(),
                 start_new_session=True,
             )
             if worker_w is not None:

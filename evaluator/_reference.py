@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from evaluator._sandbox import build_launch
+from evaluator._sandbox import Launch, build_launch
 from evaluator._types import Limits
 
 __all__ = ["FreshRun", "fresh_rscript"]
@@ -28,7 +28,7 @@ class FreshRun:
     duration_ms: float
 
 
-def _command(code: str, uid: int | None, limits: Limits) -> tuple[list[str], object, int | None]:
+def _command(code: str, uid: int | None, limits: Limits) -> tuple[list[str], Launch]:
     r, w = os.pipe()
     os.close(w)
     try:
@@ -42,25 +42,20 @@ def _command(code: str, uid: int | None, limits: Limits) -> tuple[list[str], obj
     del argv[i : i + 3]
     argv[argv.index("--chdir") + 1] = "/tmp/work"
     argv += ["--dir", "/tmp/work", "--", "Rscript", "--vanilla", "-e", code]
-    return argv, launch.preexec, launch.user
+    return argv, launch
 
 
 async def fresh_rscript(code: str, *, limits: Limits, uid: int | None) -> FreshRun:
     """Run `code` in a new sandbox as `uid` (a uid claimed with `claim_uid`, or None when not
     root): stdout and stderr apart, the exit code, the time it took."""
-    argv, preexec, user = _command(code, uid, limits)
+    argv, launch = _command(code, uid, limits)
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        preexec_fn=preexec,  # type: ignore[arg-type]
-        user=user,
-        group=user,
-        extra_groups=[] if user is not None else None,
-        env={},
-        cwd="/",
+        **launch.process_options(),
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), limits.wall_s + 5)

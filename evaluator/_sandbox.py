@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
 from evaluator._types import Limits, SandboxUnavailable
 
@@ -151,6 +151,18 @@ class Launch:
     """Where worker.R lives, as the worker sees it."""
     uid: int
 
+    def process_options(self) -> dict[str, Any]:
+        """Keyword arguments for `asyncio.create_subprocess_exec`: who the process runs as, its
+        rlimits, its environment."""
+        return {
+            "preexec_fn": self.preexec,
+            "user": self.user,
+            "group": self.user,
+            "extra_groups": [] if self.user is not None else None,
+            "env": self.env,
+            "cwd": "/",
+        }
+
 
 def _rlimits(limits: Limits, nproc: int) -> Callable[[], None]:
     values = [
@@ -188,9 +200,12 @@ def build_launch(
     # RLIMIT_NPROC is per user: as a dedicated uid the worker starts from zero; as an
     # ordinary user it starts from what that user already runs.
     nproc = limits.procs if as_root else _user_tasks(uid) + limits.procs
+    # worker.R's mode: 1 in bwrap; without namespaces, 2 when the uid is the worker's own (as
+    # root), so it may sweep every process of that uid; else 0.
+    worker_mode = "1" if mode == "bwrap" else "2" if as_root else "0"
     worker_args = [
         "--args",
-        "",
+        worker_mode,
         ",".join(packages),
         *(str(fd) for fd in channels),
         repr(float(limits.wall_s)),
@@ -240,7 +255,6 @@ def build_launch(
         env = {**base_env, "HOME": "/tmp/work", "TMPDIR": "/tmp"}
         for key, value in env.items():
             argv += ["--setenv", key, value]
-        worker_args[1] = "1"
         argv += ["--", "R", "--vanilla", "--no-echo", "-f", WORKER_PATH, *worker_args]
         return Launch(
             argv=argv,
@@ -255,8 +269,6 @@ def build_launch(
     state = os.path.join(scratch, ".qasynth")
     worker_path = os.path.join(state, "worker.R")
     env = {**base_env, "HOME": scratch, "TMPDIR": scratch}
-    # Mode 2: the worker may sweep every process of its uid, which is its own only as root.
-    worker_args[1] = "2" if as_root else "0"
     return Launch(
         argv=[tools["R"], "--vanilla", "--no-echo", "-f", worker_path, *worker_args],
         env=env,

@@ -185,7 +185,7 @@ local({
   # ---- what a snippet may leave behind: files where it can write, and the work dir -------
   # Those places, and what may stay in them: the dirs themselves and this script.
   roots <- unique(c(tmp_base, state_dir, tmp_root, work_dir, if (sandboxed) "/dev/shm"))
-  keep <- c(state_dir, tmp_root, work_dir, file.path(state_dir, "worker.R"))
+  kept_paths <- c(state_dir, tmp_root, work_dir, file.path(state_dir, "worker.R"))
   listing <- function() list.files(roots, all.files = TRUE, full.names = TRUE, no.. = TRUE)
   # Everything a snippet could change that the next one would notice: what the places hold,
   # whether they are still writable directories, and the worker's working directory
@@ -213,7 +213,7 @@ local({
       dir.create(d, showWarnings = FALSE, mode = "0700")
     }
     if (!is.null(root_modes)) Sys.chmod(roots, root_modes, use_umask = FALSE)
-    unlink(setdiff(listing(), keep), recursive = TRUE, force = TRUE)
+    unlink(setdiff(listing(), kept_paths), recursive = TRUE, force = TRUE)
     setwd(work_dir)
     if (is.null(root_modes)) root_modes <<- file.mode(roots)
     clean_state <<- state_of()
@@ -385,10 +385,7 @@ local({
     started <- proc.time()[["elapsed"]]
     exprs <- parse_snippet(code)
     if (!is.expression(exprs)) {
-      res <- exprs
-      res$id <- id
-      res$duration_ms <- round((proc.time()[["elapsed"]] - started) * 1000, 3)
-      return(res)
+      return(c(exprs, list(id = id, duration_ms = round((proc.time()[["elapsed"]] - started) * 1000, 3))))
     }
     if (dirty) cleanup()
     dirty <<- TRUE
