@@ -11,7 +11,7 @@
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends r-base-core bubblewrap \
+ && apt-get install -y --no-install-recommends r-base-core r-cran-lintr bubblewrap \
  && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 10001 qasynth

@@ -14,7 +14,7 @@ from litestar.response import Stream
 from service.api.problems import PROBLEM_400, problem_response
 from service.errors import ProviderRejected, ProviderUnavailable
 from service.runtime import Runtime
-from service.stages.evaluate import Evaluate, answer_evaluator
+from service.stages.evaluate import Sandbox, answer_evaluator
 from service.stages.pipeline import collect, run_job
 from service.stages.spec import resolve_spec
 from service.wire.generate import Event, GenerateResponse, Spec
@@ -65,7 +65,7 @@ async def generate(
 ) -> Response[GenerateResponse]:
     job = resolve_spec(data)
     provider = runtime.providers.get(data.model.provider)
-    evaluate: Evaluate | None = None
+    evaluate: Sandbox | None = None
     if data.evaluation.enabled:
         evaluate = answer_evaluator(await runtime.runner())
 
