@@ -37,7 +37,7 @@ from service.stages.answers import generate_answer
 from service.stages.calls import Call, MalformedReply
 from service.stages.dedup import Deduplicator
 from service.stages.evaluate import Sandbox
-from service.stages.ledger import BUDGET_FACTOR, CellLedger, Slot, calls_needed, start_cost
+from service.stages.ledger import BUDGET_FACTOR, CellLedger, Slot, calls_needed
 from service.stages.prompts import Kind, Template, load_templates, question_output
 from service.stages.quality import (
     AnswerChecks,
@@ -229,7 +229,7 @@ class _Run:
             theme=cell.theme,
             requested=cell.count,
             budget=self._budget(cell, task),
-            cost=lambda n: start_cost(task.kind, n),
+            kind=task.kind,
         )
         self.ledgers.append(ledger)
         policy = policy_for(task.id, task.kind, self.job.spec.evaluation.policy)
@@ -291,27 +291,29 @@ class _Run:
 
     # -- model calls, counted against the cell
 
-    async def _call(
-        self, c: _Cell, slot: Slot | None, call: Awaitable[Call[T]], *, top_up: bool = False
-    ) -> Call[T]:
+    async def _call(self, c: _Cell, slots: Slot | list[Slot], call: Awaitable[Call[T]]) -> Call[T]:
+        """One step's call (content retries included), charged to its item, or shared by several."""
         try:
             result = await call
         except MalformedReply as exc:
-            self._spend(c, slot, exc.attempts, exc.usage, top_up=top_up)
+            self._spend(c, slots, exc.attempts, exc.usage)
             raise
         except ProviderError as exc:
-            self._spend(c, slot, 1, Usage(), top_up=top_up)
+            self._spend(c, slots, 1, Usage())
             if isinstance(exc, ProviderRejected) and self.rejected is None:
                 # A rejected key or model will not get better: every cell stops asking.
                 self.rejected = exc
                 for ledger in self.ledgers:
                     ledger.stop()
             raise
-        self._spend(c, slot, result.attempts, result.usage, top_up=top_up)
+        self._spend(c, slots, result.attempts, result.usage)
         return result
 
-    def _spend(self, c: _Cell, slot: Slot | None, calls: int, usage: Usage, *, top_up: bool) -> None:
-        c.ledger.spend(slot, calls, usage, top_up=top_up)
+    def _spend(self, c: _Cell, slots: Slot | list[Slot], calls: int, usage: Usage) -> None:
+        if isinstance(slots, Slot):
+            c.ledger.spend(slots, calls, usage)
+        else:
+            c.ledger.spend_shared(slots, calls, usage)
         self.usage = self.usage + usage
 
     def _step(self, template: Template, call: Call[Any], *, batch_size: int = 1) -> StepProvenance:
@@ -334,7 +336,7 @@ class _Run:
         try:
             call = await self._call(
                 c,
-                None,
+                slots,
                 generate_questions(
                     self.provider,
                     self.job,
@@ -345,7 +347,6 @@ class _Run:
                     avoid=list(c.asked),
                     retries=self.retries,
                 ),
-                top_up=slots[0].top_up,
             )
         except MalformedReply as exc:
             # One unusable call is one dropped item, not one for each question it was to hold.
@@ -694,19 +695,19 @@ class _Run:
             repaired = bool(outcome.provenance and outcome.provenance.repairs) and not (
                 quality and quality.flagged
             )
-            c.ledger.returned(flagged=bool(quality and quality.flagged), repaired=repaired)
+            c.ledger.returned(slot, flagged=bool(quality and quality.flagged), repaired=repaired)
         elif isinstance(outcome, ItemDropped):
             if outcome.stage == "question":
                 self.counts.questions_dropped += 1
             c.drops[outcome.reason] += 1
             self.emit(Dropped(item=outcome))
-            c.ledger.dropped()
+            c.ledger.dropped(slot)
         else:
             self.counts.failed += 1
             if slot.calls:
                 outcome = msgspec.structs.replace(outcome, attempts=slot.calls)
             self.emit(Failed(item=outcome))
-            c.ledger.failed()
+            c.ledger.failed(slot)
 
     def totals(self) -> Counts:
         cells = list(self.cells.values())

@@ -200,7 +200,9 @@ async def test_malformed_replies_are_retried_dropped_and_replaced_until_the_budg
     assert_accounted(body)
 
 
-async def test_duplicates_are_dropped_replaced_and_the_shortfall_is_reported(llm_server: FakeLLMServer) -> None:
+async def test_duplicates_are_dropped_replaced_and_the_shortfall_is_reported(
+    llm_server: FakeLLMServer,
+) -> None:
     same = "How do I compute the variance of a numeric vector in R and interpret it?"
 
     def reply(system: str, user: str) -> str:
@@ -430,7 +432,9 @@ async def test_failing_r_is_repaired_then_flagged_or_dropped_by_policy(policy: s
         # Dropped, replaced while the budget allowed, then reported short.
         assert not pairs and dropped and len(failed) == 3
         assert all(d["stage"] == "evaluation" and d["reason"] == "flagged" for d in dropped)
-        assert all("answer_code_runs" in d["failed_checks"] and "runtime_error" in d["detail"] for d in dropped)
+        assert all(
+            "answer_code_runs" in d["failed_checks"] and "runtime_error" in d["detail"] for d in dropped
+        )
         assert all(f["reason"] == "cell_budget_exhausted" for f in failed)
         assert done["counts"]["evaluation_dropped"] == len(dropped)
         for cell in done["counts"]["cells"]:

@@ -130,7 +130,7 @@ def _questions(system: str, user: str) -> str:
     blocks = []
     for i in range(1, count + 1):
         text = joiner.join(rng.choice(JA_WORDS if japanese else WORDS) for _ in range(18))
-        blocks.append(f"### Q{i}\n{text}?")
+        blocks.append(f"### Q{i}\n{text}を R でどう求めますか?" if japanese else f"### Q{i}\n{text}?")
     return "\n\n".join(blocks)
 
 

@@ -96,7 +96,14 @@ def test_each_step_has_its_template_and_its_placeholders() -> None:
     cq = code_question_request(job, templates["code_question"], fix, reg, code="f(1)", run_result="RESULT-9")
     assert "RESULT-9" in cq.messages[0].content and "質問を書いてください。" in cq.messages[0].content
     repair = repair_request(
-        job, templates["repair"], fix, reg, question="Q", question_output="", answer="OLD-ANSWER", evidence="EV-3"
+        job,
+        templates["repair"],
+        fix,
+        reg,
+        question="Q",
+        question_output="",
+        answer="OLD-ANSWER",
+        evidence="EV-3",
     )
     assert "OLD-ANSWER" in repair.messages[0].content and "EV-3" in repair.messages[0].content
     # The repair step shares the answer step's system prompt, so the provider's cache serves both.
