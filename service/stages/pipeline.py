@@ -48,6 +48,7 @@ from service.stages.quality import (
     combine,
     diversity,
     policy_for,
+    prose,
     warm_up,
 )
 from service.stages.questions import generate_questions
@@ -156,8 +157,9 @@ class _Cell:
     theme: ResolvedTheme
     policy: Policy
     ledger: CellLedger
-    asked: list[str] = field(default_factory=list)
-    kept_questions: list[str] = field(default_factory=list)
+    asked: list[str] = field(default_factory=list)  # every question generated, for the avoid-list
+    kept_questions: list[str] = field(default_factory=list)  # those that passed checks and dedup
+    returned_questions: list[str] = field(default_factory=list)
     drops: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -243,7 +245,7 @@ class _Run:
         await ledger.settled()
         self._fail_shortfall(c)
         variety = await asyncio.to_thread(
-            diversity, c.kept_questions, tokenizer=self.job.spec.dedup.tokenizer
+            diversity, c.returned_questions, tokenizer=self.job.spec.dedup.tokenizer
         )
         self.cells[(cell.task, cell.theme)] = ledger.finish(variety)
 
@@ -368,12 +370,12 @@ class _Run:
             sandbox=self.sandbox,
             call=lambda call: self._call(c, slot, call),
             step=self._step,
-            avoid=list(c.asked),
+            # What the kept questions are about, without their code: small models copy shown code,
+            # and dropped attempts into the comments of the next script.
+            avoid=[text for q in c.kept_questions if (text := prose(q))],
             retries=self.retries,
         )
         if isinstance(made, Skipped):
-            if made.text:
-                c.asked.append(made.text)
             self._settle(c, slot, self._dropped(c, made.stage, made.reason, made.detail, text=made.text))
             return
         await self._admit(c, slot, made.question, made.question_step, made)
@@ -451,6 +453,7 @@ class _Run:
                 ),
             )
             return
+        c.kept_questions.append(text)
         question = _Question(id=qid, text=text, step=step, checks=checks, facts=facts, draft=draft)
         assert self.tg is not None
         slot.handed = True
@@ -689,7 +692,7 @@ class _Run:
         slot.done = True
         if isinstance(outcome, Pair):
             self.counts.returned += 1
-            c.kept_questions.append(outcome.question)
+            c.returned_questions.append(outcome.question)
             self.emit(PairReady(pair=outcome))
             quality = outcome.quality
             repaired = bool(outcome.provenance and outcome.provenance.repairs) and not (

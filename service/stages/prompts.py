@@ -1,7 +1,8 @@
 """Prompt templates: load, check and render them into provider requests.
 
 A template file has two parts split by a line `=== user ===`. The part above is the
-system prompt: it may use only job-wide placeholders and `few_shot` (the examples of the
+system prompt (the part below may hold further turns, split by `=== assistant ===` and
+`=== user ===` lines): it may use only job-wide placeholders and `few_shot` (the examples of the
 call's own task), so it is byte-identical for every call of one task in a job and providers
 serve it from their prompt cache. The part below varies per call. Placeholders are
 `{{name}}`; an unknown one is a 400, not a silent gap.
@@ -19,6 +20,7 @@ The steps and their templates (`prompts/<kind>.<locale>.md`):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from typing import Literal
 
@@ -69,18 +71,37 @@ AVOID_MAX_CHARS = 300
 OUTPUT_MAX_CHARS = 1500
 
 
+TURN = re.compile(r"^=== (user|assistant) ===[ \t]*$", re.M)
+
+
 class Template(msgspec.Struct, frozen=True, kw_only=True):
+    """`turns`: the conversation after the system prompt, a user turn first. A template writes further
+    turns with lines `=== assistant ===` and `=== user ===` (the repair step shows the model its own
+    previous answer as its own turn)."""
+
     kind: Kind
     id: str
     sha256: str
     system: str
-    user: str
+    turns: tuple[tuple[Literal["user", "assistant"], str], ...]
+
+    @property
+    def user(self) -> str:
+        return self.turns[0][1]
 
 
 def _parse(kind: Kind, text: str, template_id: str, field: str) -> Template:
     if SPLIT not in text:
         raise InvalidInput(f"template has no line {SPLIT!r} separating system and user parts", field=field)
     system, user = text.split(SPLIT, 1)
+    pieces = TURN.split(user)
+    turns: list[tuple[Literal["user", "assistant"], str]] = [("user", pieces[0].strip())]
+    turns += [(role, body.strip()) for role, body in zip(pieces[1::2], pieces[2::2], strict=True)]  # type: ignore[misc]
+    for (role, _), (next_role, _) in itertools.pairwise(turns):
+        if role == next_role:
+            raise InvalidInput(f"two {role} turns in a row; turns alternate user and assistant", field=field)
+    if turns[-1][0] != "user":
+        raise InvalidInput("the last turn must be the user's", field=field)
     for part, allowed in ((system, SYSTEM_VARS), (user, SYSTEM_VARS | CALL_VARS[kind])):
         for name in PLACEHOLDER.findall(part):
             if name not in allowed:
@@ -93,7 +114,7 @@ def _parse(kind: Kind, text: str, template_id: str, field: str) -> Template:
         id=template_id,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
         system=system.strip(),
-        user=user.strip(),
+        turns=tuple(turns),
     )
 
 
@@ -189,7 +210,7 @@ def _request(
     model = job.spec.model
     return CompletionRequest(
         system=_render(template.system, shared),
-        messages=(Message("user", _render(template.user, values).strip()),),
+        messages=tuple(Message(role, _render(text, values).strip()) for role, text in template.turns),
         model=model.name,
         temperature=temperature,
         max_tokens=model.max_tokens,

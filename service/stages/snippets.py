@@ -209,6 +209,7 @@ async def _plant_bug(
     """The model's bug if it bites, else the first mutation of the working code that does."""
     assert s.sandbox is not None
     tried = []
+    step = None
     try:
         call = await s.ask(
             "bug",
@@ -251,7 +252,11 @@ async def _plant_bug(
                 broken,
                 run,
                 BugProvenance(
-                    source="mutation", symptom=symptom, mutation=f"{mutation.kind}: {mutation.description}"
+                    source="mutation",
+                    symptom=symptom,
+                    mutation=f"{mutation.kind}: {mutation.description}",
+                    step=step,
+                    tried=tried,
                 ),
             )
         tried.append(f"{mutation.kind} ({mutation.description}): the script still prints the same")

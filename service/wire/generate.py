@@ -203,14 +203,16 @@ class StepProvenance(Base):
 
 
 class BugProvenance(Base):
-    """How a fix question's bug was made: by the model (`step`) or by a mutation of the working code,
-    and what it does: `error` (R stops) or `output` (the code runs and prints something else);
-    null when evaluation is off and nothing ran."""
+    """How a fix question's bug was made: by the model or by a mutation of the working code, and what
+    it does: `error` (R stops) or `output` (the code runs and prints something else); null when
+    evaluation is off and nothing ran. `step` is the model's bug call (also when its bug did not bite
+    and a mutation was used); `tried` says why each earlier attempt was not used."""
 
     source: Literal["model", "mutation"]
     symptom: Literal["error", "output"] | None = None
     mutation: str | None = None
     step: StepProvenance | None = None
+    tried: list[str] = []
 
 
 class RepairAttempt(Base):

@@ -414,7 +414,7 @@ async def test_failing_r_is_repaired_then_flagged_or_dropped_by_policy(policy: s
     assert {e["verdict"] for e in evaluated} == {"runtime_error"}
     # Every answer got its two repairs (the fake's repairs fail the same way), so each of the three
     # cells shows the model three answers for its first item.
-    assert sum("Your previous answer:" in c.user for c in server.calls) >= 6
+    assert sum("Write the whole answer again" in c.user for c in server.calls) >= 6
     if policy == "flag":
         assert len(pairs) == 3 and not dropped and not failed
         assert done["counts"]["flagged"] == 3 and done["counts"]["repaired"] == 0

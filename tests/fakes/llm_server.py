@@ -99,7 +99,7 @@ def step_of(system: str, user: str) -> Step:
         return "bug"
     if "Write the question now." in user or "質問を書いてください。" in user:
         return "code_question"
-    if "Your previous answer:" in user or "あなたの前の解答:" in user:
+    if "Write the whole answer again" in user or "解答全体を日本語で書き直してください" in user:
         return "repair"
     if "holding the whole script" in system or "スクリプト全体を 1 つの" in system:
         return "snippet"

@@ -75,7 +75,7 @@ def test_system_prompt_is_identical_across_calls_of_a_task_and_carries_its_own_e
     a2 = answer_request(job, a_tpl, fix, reg, question="Q-TWO")
     assert a1.system == a2.system
     assert "RULES-2" in a1.system and "FS-A" in a1.system
-    assert a1.messages[0].content.endswith("Write the answer in English now.")
+    assert a1.messages[0].content.endswith("prints one object per print() and uses cat() for labels.")
     assert "Q-ONE" in a1.messages[0].content
     # Another task sees none of the fix examples.
     other = answer_request(job, a_tpl, explain, mv, question="Q-ONE")
@@ -105,9 +105,19 @@ def test_each_step_has_its_template_and_its_placeholders() -> None:
         answer="OLD-ANSWER",
         evidence="EV-3",
     )
-    assert "OLD-ANSWER" in repair.messages[0].content and "EV-3" in repair.messages[0].content
+    assert [m.role for m in repair.messages] == ["user", "assistant", "user"]
+    assert repair.messages[1].content == "OLD-ANSWER" and "EV-3" in repair.messages[2].content
     # The repair step shares the answer step's system prompt, so the provider's cache serves both.
     assert repair.system == answer_request(job, templates["answer"], fix, reg, question="Q").system
+
+
+def test_turns_must_alternate_and_end_with_the_user() -> None:
+    for text, message in [
+        ("s\n=== user ===\nq\n=== assistant ===\na", "last turn"),
+        ("s\n=== user ===\nq\n=== user ===\nq2", "two user turns"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            load_template(job_for(prompts={"repair": text}), "repair")
 
 
 def test_every_template_can_be_overridden_and_is_checked() -> None:

@@ -106,7 +106,10 @@ async def test_a_bug_that_does_not_bite_is_replaced_by_a_mutation(sandbox: Sandb
     [pair] = response.pairs
     assert pair.provenance is not None and pair.provenance.bug is not None
     bug = pair.provenance.bug
-    assert bug.source == "mutation" and bug.step is None
+    assert bug.source == "mutation"
+    # The model's call is kept, with why its bug was not used.
+    assert bug.step is not None and bug.step.template_id == "bug.en.md"
+    assert bug.tried[0] == "the model's bug: the script still runs and prints the same"
     assert bug.mutation and bug.mutation.split(":")[0] in {"missing_object", "wrong_function"}
     checks = {c.name: c for c in pair.quality.checks} if pair.quality else {}
     assert checks["question_code_broken"].passed
@@ -141,9 +144,12 @@ async def test_a_failing_answer_is_repaired_from_the_evidence(sandbox: Sandbox) 
     assert pair.provenance is not None
     [attempt] = pair.provenance.repairs
     assert attempt.verdict == "passed" and not attempt.flagged and attempt.step.template_id == "repair.en.md"
-    repair_prompt = next(c.user for c in server.calls if step_of(c.system, c.user) == "repair")
-    assert "object 'y_missing' not found" in repair_prompt and "answer_code_runs" in repair_prompt
-    assert "print(mean(y_missing))" in repair_prompt  # the previous answer is shown
+    repair = next(c for c in server.calls if step_of(c.system, c.user) == "repair")
+    assert "object 'y_missing' not found" in repair.user and "answer_code_runs" in repair.user
+    # The previous answer is the model's own turn, between the question and the evidence.
+    roles = [m["role"] for m in repair.body["messages"]]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert "print(mean(y_missing))" in repair.body["messages"][2]["content"]
     counts = response.counts
     assert counts.repaired == 1 and counts.repair_calls == 1 and counts.cells[0].repaired == 1
 

@@ -36,7 +36,7 @@ __all__ = [
 
 _SAYS_WRONG = re.compile(
     r"\b(wrong|incorrect|unexpected|expected|should (?:be|print|give|return|show)|instead of|not what|"
-    r"doesn't match|does not match|different)\b|間違|誤り|誤った|おかしい|期待|はず|違う|正しくな|予想",
+    r"doesn't match|does not match|different)\b|間違|誤り|誤った|おかしい|期待|はず|違う|正しい|正しくな|予想|本来",
     re.I,
 )
 _FAILED_TO_RUN = frozenset({"parse_error", "runtime_error"})
