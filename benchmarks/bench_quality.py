@@ -154,9 +154,8 @@ async def main() -> int:
                 job = resolve_spec(spec_for(args, locale, repair))
                 started = time.perf_counter()
                 print(f"\n{name}: {len(job.cells)} cells, {load()}", flush=True)
-                response = await collect(
-                    run_job(job, provider, evaluate=sandbox, retries=settings.content_retries)
-                )
+                events = run_job(job, provider, evaluate=sandbox, retries=settings.content_retries)
+                response = await collect(progress(events, started))
                 results[name] = summary(response, time.perf_counter() - started)
                 show(name, results[name])
                 if args.out is not None:

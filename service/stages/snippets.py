@@ -177,7 +177,7 @@ class _Steps(msgspec.Struct, frozen=True, kw_only=True):
     step: StepOf
     retries: int
 
-    async def ask(self, kind: Kind, request: Any, parse: Callable[[str], T]) -> Call[T]:
+    async def ask(self, request: Any, parse: Callable[[str], T]) -> Call[T]:
         return await self.call(call_until_parsed(self.provider, request, parse, retries=self.retries))
 
 
@@ -192,7 +192,7 @@ async def _unchecked_bug(s: _Steps, code: str) -> tuple[str, BugProvenance] | Sk
     """Without the sandbox: the model's bug, taken on trust (nothing can show it bites)."""
     try:
         call = await s.ask(
-            "bug", bug_request(s.job, s.templates["bug"], s.task, s.theme, code=code, output=""), parse_code
+            bug_request(s.job, s.templates["bug"], s.task, s.theme, code=code, output=""), parse_code
         )
     except MalformedReply as exc:
         return Skipped(stage="bug", reason="malformed_reply", detail=exc.reason, text=code)
@@ -212,7 +212,6 @@ async def _plant_bug(
     step = None
     try:
         call = await s.ask(
-            "bug",
             bug_request(s.job, s.templates["bug"], s.task, s.theme, code=code, output=working.stdout),
             parse_code,
         )
@@ -291,7 +290,7 @@ async def make_code_question(
     )
     try:
         snippet_call = await s.ask(
-            "snippet", snippet_request(job, templates["snippet"], task, theme, avoid=avoid), parse_code
+            snippet_request(job, templates["snippet"], task, theme, avoid=avoid), parse_code
         )
     except MalformedReply as exc:
         return Skipped(stage="snippet", reason="malformed_reply", detail=exc.reason)
@@ -338,7 +337,6 @@ async def _question_around(
     template = s.templates["code_question"]
     try:
         q_call = await s.ask(
-            "code_question",
             code_question_request(
                 s.job,
                 template,

@@ -75,7 +75,7 @@ def test_system_prompt_is_identical_across_calls_of_a_task_and_carries_its_own_e
     a2 = answer_request(job, a_tpl, fix, reg, question="Q-TWO")
     assert a1.system == a2.system
     assert "RULES-2" in a1.system and "FS-A" in a1.system
-    assert a1.messages[0].content.endswith("prints one object per print() and uses cat() for labels.")
+    assert a1.messages[0].content.endswith("Write the answer in English now.")
     assert "Q-ONE" in a1.messages[0].content
     # Another task sees none of the fix examples.
     other = answer_request(job, a_tpl, explain, mv, question="Q-ONE")
