@@ -191,10 +191,11 @@ async def test_only_what_r_needs_is_visible() -> None:
     here = os.path.dirname(os.path.abspath(evaluator.__file__))
     async with WorkerPool(workers=1, limits=LIMITS) as pool:
         r = await pool.run(
-            "for (d in c('/run', '/var', '/sys', '/opt', '/srv', '/home', '/root', '/app', '/work', "
+            "for (d in c('/run', '/var/lib', '/var/log', '/sys', '/opt', '/srv', '/home', '/root', '/app', '/work', "
             f"'{here}', '{sys.prefix}', '/usr/local/bin', '/usr/local/share'))\n"
             "  cat(d, length(list.files(d, all.files = TRUE, no.. = TRUE)), '\\n')\n"
             "cat('usr/local', list.files('/usr/local'), '\\n')\n"
+            "cat('var', list.files('/var', recursive = TRUE, include.dirs = TRUE, all.files = TRUE), '\\n')\n"
             "cat('etc', list.files('/etc'), '\\n')\n"
             "cat('root', list.files('/'), '\\n')"
         )
@@ -204,8 +205,9 @@ async def test_only_what_r_needs_is_visible() -> None:
     assert set(counts.values()) == {"0"}, counts
     listed = {row[0]: row[1:] for row in rows if not row[0].startswith("/")}
     assert set(listed["usr/local"]) <= {"lib"}
+    assert {name.split("/")[0] for name in listed["var"]} <= {"cache"}  # the font cache alone
     assert "shadow" not in listed["etc"] and "passwd" not in listed["etc"] and "R" in listed["etc"]
-    assert set(listed["root"]) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr"}
+    assert set(listed["root"]) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr", "var"}
 
 
 async def test_shared_descriptors_cannot_be_left_broken(probe_hex: str) -> None:
