@@ -218,3 +218,22 @@ async def test_shared_descriptors_cannot_be_left_broken(probe_hex: str) -> None:
         after = await pool.run("cat('fine\\n')\nx <- 1\nstop('line three')")
     assert broke.verdict == "passed", broke
     assert after.verdict == "runtime_error" and after.stdout == "fine\n" and after.line == 3, after
+
+
+async def test_a_garbled_or_oversized_result_is_that_snippets_verdict() -> None:
+    # The child's result is a memory file the snippet can find and write: it may forge its own
+    # verdict (and nobody else's), but nothing it writes there can break the pool.
+    find = (
+        "fds <- list.files('/proc/self/fd', full.names = TRUE)\n"
+        "res <- fds[grepl('qasynth-result', Sys.readlink(fds))][1]\n"
+    )
+    me = "tools::pskill(Sys.getpid(), 9L)\n"
+    async with WorkerPool(workers=1, limits=LIMITS) as pool:
+        huge = await pool.run(find + "writeBin(charToRaw(strrep('A', 3e7)), res)\n" + me)
+        garbled = await pool.run(find + "writeLines(c('qasynth-result 1', 'verdict\\tbogus', 'end'), res)\n" + me)
+        after = await pool.run("cat('ok')")
+    assert huge.verdict == "killed" and "could not be read" in (huge.message or ""), huge
+    assert garbled.verdict == "killed" and "unknown verdict" in (garbled.message or ""), garbled
+    assert len(huge.message or "") < 500
+    assert after.verdict == "passed" and after.stdout == "ok"
+    assert pool.restarts >= 1  # in doubt, the worker was replaced
