@@ -8,6 +8,7 @@
     │   └── ProviderRejected        the provider refused the request: bad key, unknown model (502)
     ├── LabelStudioFailed     a push to Label Studio was refused or could not connect (502)
     └── SandboxUnavailable    the R sandbox cannot run at all (503)
+        └── SandboxBusy       too many snippets are waiting for the R workers (503, Retry-After)
 
 Expected outcomes are data, not exceptions: a duplicate, an unparsable model reply
 or an R error in an answer become dropped/failed items in the response.
@@ -23,6 +24,7 @@ __all__ = [
     "ProviderRejected",
     "ProviderUnavailable",
     "QasynthError",
+    "SandboxBusy",
     "SandboxUnavailable",
 ]
 
@@ -76,3 +78,13 @@ class LabelStudioFailed(QasynthError):
 class SandboxUnavailable(QasynthError):
     status_code = 503
     title = "R sandbox unavailable"
+
+
+class SandboxBusy(SandboxUnavailable):
+    """The evaluation queue is full; `retry_after_s` says when to try again."""
+
+    title = "R sandbox busy"
+
+    def __init__(self, detail: str, *, retry_after_s: float, field: str | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.retry_after_s = retry_after_s

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from litestar import post
+from typing import Any
+
+from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
+from service.api.disconnect import until_disconnect
 from service.api.problems import PROBLEM_400, problem_response
 from service.runtime import Runtime
 from service.stages.evaluate import check_request, evaluate_request
@@ -23,7 +26,8 @@ __all__ = ["routes"]
         "`snippets` of plain R. Every item gets a verdict — passed, parse_error, runtime_error, timeout, memory_limit, "
         "output_limit, killed or no_code — with its evidence: R's message, the failing call, the line "
         "(in the code and in the answer), warnings and the start of the printed output. "
-        "503 when the sandbox cannot run."
+        "503 when the sandbox cannot run, or (with Retry-After) when too many snippets are waiting. "
+        "A client that disconnects has its snippets cancelled."
     ),
     tags=["evaluate"],
     status_code=200,
@@ -34,13 +38,15 @@ __all__ = ["routes"]
             generate_examples=False,
         ),
         400: PROBLEM_400,
-        503: problem_response("The R sandbox cannot run"),
+        503: problem_response("The R sandbox cannot run, or is too busy (Retry-After)"),
     },
 )
-async def evaluate(data: JSONBody[EvaluateRequest], runtime: NamedDependency[Runtime]) -> EvaluateResponse:
+async def evaluate(
+    data: JSONBody[EvaluateRequest], request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+) -> EvaluateResponse:
     check_request(data)  # a bad request is a 400 before the sandbox is started
     runner = await runtime.runner()
-    return await evaluate_request(runner, data)
+    return await until_disconnect(request, evaluate_request(runner, data))
 
 
 routes = [evaluate]

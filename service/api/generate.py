@@ -11,6 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 from litestar.response import Stream
 
+from service.api.disconnect import until_disconnect
 from service.api.problems import PROBLEM_400, problem_response
 from service.errors import ProviderRejected, ProviderUnavailable
 from service.runtime import Runtime
@@ -72,7 +73,7 @@ async def generate(
     events = run_job(job, provider, evaluate=evaluate, retries=runtime.settings.content_retries)
     if NDJSON in request.headers.get("accept", ""):
         return Stream(_ndjson(events), media_type=NDJSON)
-    response = await collect(events)
+    response = await until_disconnect(request, collect(events))
     _raise_if_provider_failed_everything(response, provider.name)
     return Response(response)
 

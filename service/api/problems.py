@@ -8,6 +8,7 @@ offending path (`dedup.threshold`, `tasks[0]`); they are reshaped here into
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
@@ -17,7 +18,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from service.errors import InvalidInput, ProviderError, QasynthError
+from service.errors import InvalidInput, ProviderError, QasynthError, SandboxBusy
 
 __all__ = [
     "EXCEPTION_HANDLERS",
@@ -61,8 +62,8 @@ def problem_response(description: str) -> ResponseSpec:
 PROBLEM_400 = problem_response("Invalid request; `field` names the culprit")
 
 
-def _response(problem: Problem) -> Response[Problem]:
-    return Response(problem, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE)
+def _response(problem: Problem, headers: dict[str, str] | None = None) -> Response[Problem]:
+    return Response(problem, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def _field_errors(extra: Any) -> list[FieldError]:
@@ -123,7 +124,9 @@ def _qasynth(request: Request[Any, Any, Any], exc: QasynthError) -> Response[Pro
             field=exc.field,
             errors=[FieldError(field=exc.field, message=exc.detail)] if exc.field else None,
             provider=exc.provider if isinstance(exc, ProviderError) else None,
-        )
+        ),
+        # A full queue says when to come back (RFC 9110: whole seconds).
+        headers={"Retry-After": str(math.ceil(exc.retry_after_s))} if isinstance(exc, SandboxBusy) else None,
     )
 
 

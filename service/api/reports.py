@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 
+from service.api.disconnect import until_disconnect
 from service.api.problems import PROBLEM_400, problem_response
 from service.runtime import Runtime
 from service.stages.evaluate import build_report, needs_runner
@@ -37,7 +38,9 @@ HTML = "text/html"
             generate_examples=False,
         ),
         400: PROBLEM_400,
-        503: problem_response("Pairs need running and the R sandbox cannot run"),
+        503: problem_response(
+            "Pairs need running and the R sandbox cannot run, or is too busy (Retry-After)"
+        ),
     },
 )
 async def report(
@@ -49,7 +52,9 @@ async def report(
     ] = None,
 ) -> Response[Any]:
     runner = await runtime.runner() if needs_runner(data.pairs, data.evaluate) else None
-    body, html = await build_report(data.pairs, runner=runner, evaluate=data.evaluate, title=data.title)
+    body, html = await until_disconnect(
+        request, build_report(data.pairs, runner=runner, evaluate=data.evaluate, title=data.title)
+    )
     wants_html = format == "html" or (format is None and HTML in request.headers.get("accept", ""))
     if wants_html:
         return Response(html, media_type=f"{HTML}; charset=utf-8")

@@ -41,6 +41,8 @@ def worker_processes(pool: WorkerPool) -> list[int]:
                 fields = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
         except OSError:
             continue
-        if int(fields.get("Uid", "-1").split()[0]) in pool.uids and fields.get("NSpid", "").split()[-1:] == ["2"]:
+        if int(fields.get("Uid", "-1").split()[0]) in pool.uids and fields.get("NSpid", "").split()[-1:] == [
+            "2"
+        ]:
             found.append(int(entry.name))
     return found

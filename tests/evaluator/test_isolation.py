@@ -9,7 +9,6 @@ and `dyn.load()`ed, so the calls come from the snippet's own process, as an atta
 from __future__ import annotations
 
 import errno
-import os
 import secrets
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from tests.evaluator.conftest import needs_sandbox
 pytestmark = [needs_sandbox, pytest.mark.sandbox, pytest.mark.asyncio(loop_scope="module")]
 
 LIMITS = Limits(wall_s=8.0, cpu_s=8.0)
+EVALUATOR_DIR = str(Path(evaluator.__file__).resolve().parent)
 
 # What qs_probe tries, in its order, and the answer the sandbox must give.
 PROBES: list[tuple[str, int]] = [
@@ -82,9 +82,7 @@ def load_probe(hex_text: str) -> str:
 
 async def test_native_code_reaches_neither_the_worker_nor_the_kernels_risky_parts(probe_hex: str) -> None:
     async with WorkerPool(workers=1, limits=LIMITS) as pool:
-        r = await pool.run(
-            load_probe(probe_hex) + f"cat(.C('qs_probe', ppid, integer({len(PROBES)}))[[2]])"
-        )
+        r = await pool.run(load_probe(probe_hex) + f"cat(.C('qs_probe', ppid, integer({len(PROBES)}))[[2]])")
         after = await pool.run("cat('alive')")
     assert r.verdict == "passed", r
     got = [int(v) for v in r.stdout.split()]
@@ -163,7 +161,10 @@ async def test_forged_and_oversized_messages_to_the_worker() -> None:
 
 async def test_ipc_objects_do_not_outlive_the_snippet() -> None:
     async with WorkerPool(workers=1, limits=LIMITS) as pool:
-        made = await pool.run("s <- system('ipcmk -M 300M', intern = TRUE)\ncat(if (is.null(attr(s, 'status'))) 0L else attr(s, 'status'))")
+        made = await pool.run(
+            "s <- system('ipcmk -M 300M', intern = TRUE)\n"
+            "cat(if (is.null(attr(s, 'status'))) 0L else attr(s, 'status'))"
+        )
         seen = await pool.run(
             "cat(length(grep('^0x', system('ipcs -m -s -q', intern = TRUE))), file.exists('/dev/mqueue'))"
         )
@@ -188,7 +189,7 @@ async def test_no_nested_namespaces_compilers_or_interpreters() -> None:
 
 
 async def test_only_what_r_needs_is_visible() -> None:
-    here = os.path.dirname(os.path.abspath(evaluator.__file__))
+    here = EVALUATOR_DIR
     async with WorkerPool(workers=1, limits=LIMITS) as pool:
         r = await pool.run(
             "for (d in c('/run', '/var/lib', '/var/log', '/sys', '/opt', '/srv', '/home', '/root', '/app', '/work', "
@@ -207,7 +208,8 @@ async def test_only_what_r_needs_is_visible() -> None:
     assert set(listed["usr/local"]) <= {"lib"}
     assert {name.split("/")[0] for name in listed["var"]} <= {"cache"}  # the font cache alone
     assert "shadow" not in listed["etc"] and "passwd" not in listed["etc"] and "R" in listed["etc"]
-    assert set(listed["root"]) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr", "var"}
+    top = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr", "var"}
+    assert set(listed["root"]) <= top
 
 
 async def test_shared_descriptors_cannot_be_left_broken(probe_hex: str) -> None:
@@ -230,7 +232,9 @@ async def test_a_garbled_or_oversized_result_is_that_snippets_verdict() -> None:
     me = "tools::pskill(Sys.getpid(), 9L)\n"
     async with WorkerPool(workers=1, limits=LIMITS) as pool:
         huge = await pool.run(find + "writeBin(charToRaw(strrep('A', 3e7)), res)\n" + me)
-        garbled = await pool.run(find + "writeLines(c('qasynth-result 1', 'verdict\\tbogus', 'end'), res)\n" + me)
+        garbled = await pool.run(
+            find + "writeLines(c('qasynth-result 1', 'verdict\\tbogus', 'end'), res)\n" + me
+        )
         after = await pool.run("cat('ok')")
     assert huge.verdict == "killed" and "could not be read" in (huge.message or ""), huge
     assert garbled.verdict == "killed" and "unknown verdict" in (garbled.message or ""), garbled
