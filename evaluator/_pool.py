@@ -227,7 +227,15 @@ class _Channels:
                     os.close(fd)
 
     def close_worker_ends(self) -> None:
-        self._close("request_r", "reply_w", "abort_r")
+        # The abort pipe's read end stays open here too, to empty it of an abort that came
+        # too late (see `forget_aborts`); the worker's open file of it is its own.
+        self._close("request_r", "reply_w")
+        os.set_blocking(self.abort_r, False)
+
+    def forget_aborts(self) -> None:
+        with contextlib.suppress(OSError):  # empty: BlockingIOError
+            while os.read(self.abort_r, 64):
+                pass
 
     def hand_over(self, source: bytes) -> None:
         """Empty every memory file, then put the next snippet's code in place."""
@@ -621,6 +629,7 @@ class _Worker:
         if reply is None or reply.retire:
             self.kill("cancelled")
         if self.channels is not None:
+            self.channels.forget_aborts()  # the worker may have answered before it read it
             self.channels.take(0)
 
 

@@ -91,6 +91,7 @@ def seccomp_program() -> bytes:
     eperm = sc.ERRNO(errno.EPERM)
     f = sc.SyscallFilter(sc.ALLOW)
     f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
+    f.set_attr(sc.Attr.CTL_OPTIMIZE, 2)  # a binary tree of syscalls, not a chain: fewer checks per call
     native_x86_64 = sc.system_arch() == sc.Arch.X86_64
 
     def deny(name: str, *args: object, action: int = eperm) -> None:

@@ -310,14 +310,30 @@ local({
     if (nchar(text) > 300L) text <- paste0(substr(text, 1L, 297L), "...")
     text
   }
+  # The snippet's own files, opened by this process just before each fork (when no child
+  # shares its pages, so opening costs no copies) and closed after: each snippet gets open
+  # files of its own, and nothing it does to them (offsets, flags) reaches the next one.
+  code_con <- progress <- result_con <- NULL
+  open_snippet_files <- function() {
+    code_con <<- file(code_path, open = "rb", raw = TRUE)
+    progress <<- file(progress_path, open = "a", raw = TRUE)
+    result_con <<- file(result_path, open = "wb", raw = TRUE)
+  }
+  close_snippet_files <- function() {
+    for (con in list(code_con, progress, result_con)) try(close(con), silent = TRUE)
+  }
   read_code <- function() {
     size <- file.size(code_path)
-    code <- if (is.na(size) || size <= 0) "" else rawToChar(readBin(code_path, "raw", n = size))
+    code <- if (is.na(size) || size <= 0) "" else rawToChar(readBin(code_con, "raw", n = size))
     Encoding(code) <- "UTF-8"
     code
   }
   parse_snippet <- function(code) {
+    # Source references for the lines, without the token table (getParseData) that nothing
+    # here reads: building it is most of what parsing a short snippet allocates.
+    op <- options(keep.parse.data = FALSE)
     exprs <- tryCatch(parse(text = code, keep.source = TRUE, encoding = "UTF-8"), error = function(e) e)
+    options(op)
     if (!inherits(exprs, "error")) return(exprs)
     msg <- conditionMessage(exprs)
     m <- regmatches(msg, regexec("^(<text>:)?([0-9]+):([0-9]+): ", msg))[[1L]]
@@ -327,7 +343,6 @@ local({
       line = if (length(m)) as.integer(m[3L]) else NULL
     )
   }
-  progress <- NULL # the child's own connection to the progress file
   run_snippet <- function(exprs) {
     warnings <- character()
     failing_call <- NULL
@@ -433,9 +448,20 @@ local({
     )
   }
   write_result <- function(res) {
-    out <- file(result_path, open = "wb", raw = TRUE)
-    writeLines(result_lines(res), out, useBytes = TRUE)
-    close(out)
+    lines <- result_lines(res)
+    # The snippet may have closed every connection (closeAllConnections()), or opened its
+    # own under the same number: then the result file is opened again by its path.
+    ok <- tryCatch({
+      if (!identical(summary(result_con)$description, result_path)) stop("not ours")
+      writeLines(lines, result_con, useBytes = TRUE)
+      flush(result_con)
+      TRUE
+    }, error = function(e) FALSE)
+    if (!ok) {
+      out <- file(result_path, open = "wb", raw = TRUE)
+      writeLines(lines, out, useBytes = TRUE)
+      close(out)
+    }
   }
 
   # ---- the child: everything it needs is in place already (descriptors 0-2, the working
@@ -449,8 +475,6 @@ local({
       # (a closed descriptor is the lowest free one, so the file lands on 0).
       parallel:::closeFD(c(0L, private_fds))
       stdin_null <- file("/dev/null", open = "r")
-      # Its own open file: nothing it does to the description (offset, flags) is shared.
-      progress <<- file(progress_path, open = "a", raw = TRUE)
       sink(stdout(), type = "message")
       exprs <- parse_snippet(read_code())
       if (is.expression(exprs)) {
@@ -471,7 +495,7 @@ local({
   elapsed <- function() proc.time()[["elapsed"]]
   handle <- function(id) {
     started <- elapsed()
-    readBin(aborts, "raw", 64L) # an abort that came after the last snippet had ended
+    open_snippet_files()
     pid <- .Call(mc_fork, FALSE)[1L]
     if (pid == 0L) child_main()
     ended <- FALSE
@@ -515,8 +539,11 @@ local({
     }
     duration <- elapsed() - started
     kill9(pid) # gone already, unless it wrote to its pipe while alive
-    await_teardown(pid)
+    # A child that ended itself has freed its memory before its pipe closed; one stopped here
+    # is waited for, or every page this process writes until it is gone is copied.
+    if (!is.null(stopped)) await_teardown(pid)
     leftover <- sweep(pid)
+    close_snippet_files()
     .Call(mc_rm, pid)
     # rmChild() detaches the child but leaves its entry in parallel's list of children, and
     # every fork walks that list (the child frees it, copying a page per entry): drop the
@@ -547,6 +574,21 @@ local({
     utils::capture.output(print(1.5), print(c(a = 1L)), print("a"), print(TRUE), print(list(1)), cat("a\n"))
     result_lines(list(verdict = "runtime_error", message = "m", failing_call = "f()", line = 1L, warnings = "w"))
     reply_line(list(id = 0L, ended = TRUE, duration_ms = 1.5))
+    # And what the child does around the snippet (every base function a child calls for the
+    # first time is loaded into that child alone, and thrown away with it).
+    open_snippet_files()
+    read_code()
+    write_result(list(verdict = "passed", message = "m", warnings = "w"))
+    close_snippet_files()
+    parallel:::closeFD(integer())
+    close(file("/dev/null", open = "r"))
+    sink(stdout(), type = "message")
+    sink(type = "message")
+    setTimeLimit()
+    try(flush(stdout()), silent = TRUE)
+    compiler::enableJIT(compiler::enableJIT(-1L))
+    Encoding("a")
+    Sys.getpid()
     invisible(NULL)
   })
   Sys.setenv(HOME = work_dir) # once here: every child inherits it, and a snippet's change dies with its child
@@ -556,7 +598,6 @@ local({
     send("failed\tthe scratch space could not be prepared")
     quit(save = "no", status = 3L)
   }
-  invisible(gc())
   baseline_rss <- { m <- proc_mem(self_pid); if (is.null(m)) 0 else m[["rss"]] }
   send(paste("ready", paste(R.version$major, R.version$minor, sep = "."), self_pid, sep = "\t"))
   repeat {

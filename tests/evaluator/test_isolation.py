@@ -218,7 +218,8 @@ async def test_shared_descriptors_cannot_be_left_broken(probe_hex: str) -> None:
     async with WorkerPool(workers=1, limits=LIMITS) as pool:
         broke = await pool.run(load_probe(probe_hex) + "invisible(.C('qs_unappend', 0L))")
         after = await pool.run("cat('fine\\n')\nx <- 1\nstop('line three')")
-    assert broke.verdict == "passed", broke
+    # Its own result file was among them: that is its own verdict's business.
+    assert broke.verdict in ("passed", "killed"), broke
     assert after.verdict == "runtime_error" and after.stdout == "fine\n" and after.line == 3, after
 
 
