@@ -192,11 +192,12 @@ async def test_only_what_r_needs_is_visible() -> None:
     here = EVALUATOR_DIR
     async with WorkerPool(workers=1, limits=LIMITS) as pool:
         r = await pool.run(
-            "for (d in c('/run', '/var/lib', '/var/log', '/sys', '/opt', '/srv', '/home', '/root', '/app', '/work', "
+            "for (d in c('/run', '/var/lib', '/var/log', '/sys/fs', '/sys/class', '/sys/devices', '/opt', '/srv', '/home', '/root', '/app', '/work', "
             f"'{here}', '{sys.prefix}', '/usr/local/bin', '/usr/local/share'))\n"
             "  cat(d, length(list.files(d, all.files = TRUE, no.. = TRUE)), '\\n')\n"
             "cat('usr/local', list.files('/usr/local'), '\\n')\n"
             "cat('var', list.files('/var', recursive = TRUE, include.dirs = TRUE, all.files = TRUE), '\\n')\n"
+            "cat('sys', list.files('/sys', recursive = TRUE, include.dirs = TRUE, all.files = TRUE), '\\n')\n"
             "cat('etc', list.files('/etc'), '\\n')\n"
             "cat('root', list.files('/'), '\\n')"
         )
@@ -207,8 +208,11 @@ async def test_only_what_r_needs_is_visible() -> None:
     listed = {row[0]: row[1:] for row in rows if not row[0].startswith("/")}
     assert set(listed["usr/local"]) <= {"lib"}
     assert {name.split("/")[0] for name in listed["var"]} <= {"cache"}  # the font cache alone
+    # and of /sys only the huge-page settings the C library reads
+    assert all(name.startswith("kernel") for name in listed["sys"]), listed["sys"]
+    assert "kernel/mm/transparent_hugepage/enabled" in listed["sys"]
     assert "shadow" not in listed["etc"] and "passwd" not in listed["etc"] and "R" in listed["etc"]
-    top = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr", "var"}
+    top = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys", "tmp", "usr", "var"}
     assert set(listed["root"]) <= top
 
 
