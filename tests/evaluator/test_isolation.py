@@ -192,7 +192,8 @@ async def test_only_what_r_needs_is_visible() -> None:
     here = EVALUATOR_DIR
     async with WorkerPool(workers=1, limits=LIMITS) as pool:
         r = await pool.run(
-            "for (d in c('/run', '/var/lib', '/var/log', '/sys/fs', '/sys/class', '/sys/devices', '/opt', '/srv', '/home', '/root', '/app', '/work', "
+            "for (d in c('/run', '/var/lib', '/var/log', '/sys/fs', '/sys/class', '/sys/devices', '/opt',\n"
+            "            '/srv', '/home', '/root', '/app', '/work', "
             f"'{here}', '{sys.prefix}', '/usr/local/bin', '/usr/local/share'))\n"
             "  cat(d, length(list.files(d, all.files = TRUE, no.. = TRUE)), '\\n')\n"
             "cat('usr/local', list.files('/usr/local'), '\\n')\n"
