@@ -8,6 +8,7 @@ from typing import Any
 from litestar import post
 from litestar.params import JSONBody
 
+from service.api.problems import problems
 from service.errors import InvalidInput
 from service.stages.dedup import deduplicate
 from service.wire.dedup import MAX_DEDUP_TOTAL_CHARS, DedupRequest, DedupResponse, DedupResult
@@ -41,7 +42,9 @@ def _check(data: DedupRequest) -> None:
     "/v1/dedup",
     summary="Drop near-duplicates by ROUGE-L F1 (Self-Instruct/Alpaca greedy filter)",
     tags=["dedup"],
+    opt={"scope": "dedup", "job": True},
     status_code=200,
+    responses=problems(),
 )
 async def dedup(data: JSONBody[DedupRequest]) -> DedupResponse:
     """One result per item, in input order; `existing` is history, compared against but not reported."""
