@@ -169,7 +169,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     quota_jobs: int = 4
     quota_snippets: int = 4
     # The one body size limit of every route; item limits live in the wire types.
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = 100 * 1024 * 1024
     # Origins /v1/exports may push Label Studio tasks to; none: pushing is off.
     label_studio_urls: tuple[str, ...] = ()
     # The HTTP server (uvicorn): connections at once, idle keep-alive, the time a client has to send

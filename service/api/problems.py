@@ -112,12 +112,16 @@ def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Re
 
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
     title = type(exc).__name__.replace("Exception", "") or "Error"
+    detail = str(exc.detail)
+    if exc.status_code == 413:
+        limit = request.route_handler.resolve_request_max_body_size()
+        detail = f"the body is larger than the service's limit of {limit:,} bytes; split the request"
     return _response(
         Problem(
             type=TYPE_BASE + title.lower(),
             title=title,
             status=exc.status_code,
-            detail=str(exc.detail),
+            detail=detail,
             instance=request.url.path,
             # A 400 that is not a field validation error is a body that could not be decoded at all.
             field="body" if exc.status_code == 400 else None,

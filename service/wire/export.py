@@ -46,8 +46,10 @@ __all__ = [
     "VerdictFilter",
 ]
 
+# A pair as generated is about 3.5 KB of JSON, a reviewed Label Studio task about 7.5 KB (the pair,
+# its rendered markdown and the annotation): both limits fit the 100 MiB body limit.
 MAX_EXPORT_PAIRS = 20_000
-MAX_IMPORT_TASKS = 20_000
+MAX_IMPORT_TASKS = 10_000
 
 # Review formats carry every pair; training formats leave out flagged and rejected pairs by default.
 REVIEW_FORMATS = ("label-studio", "argilla")
