@@ -8,6 +8,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
 from service.api.auth import Caller
+from service.api.openapi import at_least_one_of, documented
 from service.api.problems import problems
 from service.runtime import Runtime
 from service.stages.evaluate import check_request, evaluate_request
@@ -28,6 +29,7 @@ __all__ = ["routes"]
     ),
     tags=["evaluate"],
     opt={"scope": "evaluate", "job": True},
+    operation_class=documented(body_rule=at_least_one_of("pairs", "snippets")),
     status_code=200,
     responses={
         200: ResponseSpec(

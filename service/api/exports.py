@@ -17,6 +17,7 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from service.api.auth import Caller
+from service.api.openapi import BINARY, TEXT, documented
 from service.api.problems import problems
 from service.errors import InvalidInput
 from service.runtime import Runtime
@@ -26,7 +27,6 @@ from service.stages.export import (
     export,
     import_review,
     label_config,
-    parse_export,
     push_to_label_studio,
 )
 from service.wire.export import (
@@ -35,9 +35,9 @@ from service.wire.export import (
     MAX_IMPORT_TASKS,
     ExportRequest,
     LeftOut,
-    LSExportTask,
     PushResult,
     ReviewImport,
+    ReviewTasks,
 )
 
 __all__ = ["routes"]
@@ -61,13 +61,19 @@ def _left_out(left_out: LeftOut) -> str:
     tags=["export"],
     opt={"scope": "export", "job": True},
     status_code=200,
+    operation_class=documented(
+        ok_media={
+            "application/jsonl": TEXT,
+            NDJSON: TEXT,
+            "application/vnd.apache.parquet": BINARY,
+            "text/markdown": TEXT,
+        }
+    ),
     responses=problems({502: "Label Studio refused the push or could not be reached"}),
 )
 async def create_export(
     request: Request[Any, Any, Any], data: JSONBody[ExportRequest], runtime: NamedDependency[Runtime]
 ) -> Response[Any]:
-    if data.format not in FORMATS:
-        raise InvalidInput(f"unknown format {data.format!r}; one of: {', '.join(FORMATS)}", field="format")
     if data.options.push is not None and data.format != "label-studio":
         raise InvalidInput("push works only with the label-studio format", field="options.push")
     allowed = runtime.settings.label_studio_urls
@@ -119,15 +125,13 @@ def labelstudio_config(locale: FromQuery[Literal["ja", "en"]] = "en") -> str:
     responses=problems({503: "Corrected answers need re-evaluating and the R sandbox cannot run"}),
 )
 async def import_labelstudio(
-    request: Request[Any, Any, Any],
+    data: JSONBody[ReviewTasks],
     runtime: NamedDependency[Runtime],
     caller: NamedDependency[Caller],
     evaluate: Annotated[bool, QueryParameter(description="Re-evaluate corrected answers in R")] = True,
 ) -> ReviewImport:
-    # Decoded here rather than by Litestar, so a malformed export names the task index and field.
-    tasks: list[LSExportTask] = parse_export(await request.body())
     evaluate_fn = answer_evaluator(caller.runner(await runtime.runner())) if evaluate else None
-    return await import_review(tasks, evaluate=evaluate_fn)
+    return await import_review(data, evaluate=evaluate_fn)
 
 
 routes = [create_export, labelstudio_config, import_labelstudio]

@@ -12,6 +12,7 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from service.api.auth import Caller
+from service.api.openapi import TEXT, documented
 from service.api.problems import problems
 from service.errors import ProviderRejected, ProviderUnavailable
 from service.runtime import Runtime
@@ -50,6 +51,7 @@ def _raise_if_provider_failed_everything(response: GenerateResponse, provider: s
     ),
     tags=["generate"],
     opt={"scope": "generate", "job": True},
+    operation_class=documented(ok_media={NDJSON: TEXT}),
     status_code=200,
     responses={
         200: ResponseSpec(

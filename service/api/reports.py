@@ -10,6 +10,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 
 from service.api.auth import Caller
+from service.api.openapi import TEXT, documented
 from service.api.problems import problems
 from service.runtime import Runtime
 from service.stages.evaluate import build_report, needs_runner
@@ -31,6 +32,7 @@ HTML = "text/html"
     ),
     tags=["reports"],
     opt={"scope": "reports", "job": True},
+    operation_class=documented(ok_media={"text/html": TEXT}),
     status_code=200,
     responses={
         200: ResponseSpec(
@@ -54,7 +56,7 @@ async def report(
     body, html = await build_report(data.pairs, runner=runner, evaluate=data.evaluate, title=data.title)
     wants_html = format == "html" or (format is None and HTML in request.headers.get("accept", ""))
     if wants_html:
-        return Response(html, media_type=f"{HTML}; charset=utf-8")
+        return Response(html, media_type=HTML)  # Litestar adds `charset=utf-8`
     return Response(body)
 
 

@@ -99,10 +99,12 @@ def test_json_nested_200000_deep_is_a_400_on_every_route(url: str, path: str, pa
 
 
 def test_deep_json_inside_any_field_is_a_400(url: str) -> None:
-    """Label Studio task `data` is any JSON: the depth is caught where the import decodes it."""
+    """Label Studio task `data` is any JSON: the decoder's RecursionError is caught where the body is decoded."""
     body = b'[{"data": ' + b'{"a":' * DEEP + b"1" + b"}" * DEEP + b"}]"
     r = httpx.post(url + "/v1/imports/label-studio", content=body, timeout=30)
-    assert r.status_code == 400 and r.json()["detail"] == "the body nests JSON arrays or objects too deeply"
+    assert r.status_code == 400 and r.json()["detail"].startswith(
+        "the body nests JSON arrays or objects too deeply"
+    )
 
 
 def test_a_body_over_the_limit_is_a_413_announced_or_not() -> None:
