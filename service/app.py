@@ -16,6 +16,7 @@ from litestar.openapi.spec import Components, Contact, SecurityScheme
 from service.api import dedup, evaluate, exports, generate, health, reports
 from service.api.auth import Gate, GateMiddleware, provide_caller
 from service.api.body import QasynthRequest
+from service.api.openapi import ClosedStructs
 from service.api.problems import EXCEPTION_HANDLERS
 from service.providers.base import Provider
 from service.providers.registry import ProviderRegistry
@@ -79,6 +80,7 @@ def create_app(
         # The server reads its limits from here (`service.server.server_config`).
         state=State({"settings": settings}),
         request_class=QasynthRequest,
+        plugins=[ClosedStructs()],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="qasynth",

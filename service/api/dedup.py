@@ -17,14 +17,12 @@ __all__ = ["routes"]
 
 
 def _check(data: DedupRequest) -> None:
-    """What msgspec's constraints cannot say: blank texts, repeated ids and the total size."""
+    """What msgspec's constraints cannot say: repeated ids and the total size."""
     seen: dict[str, str] = {}
     total = 0
     for name, items in (("existing", data.existing), ("items", data.items)):
         for i, item in enumerate(items):
             where = f"{name}[{i}]"
-            if not item.text.strip():
-                raise InvalidInput(f"{where}.text is blank", field=f"{where}.text")
             if item.id in seen:
                 raise InvalidInput(
                     f"duplicate id {item.id!r}: already used by {seen[item.id]}", field=f"{where}.id"

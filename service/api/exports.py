@@ -17,7 +17,7 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from service.api.auth import Caller
-from service.api.openapi import BINARY, TEXT, documented
+from service.api.openapi import BINARY, TEXT, documented, only_with
 from service.api.problems import problems
 from service.errors import InvalidInput
 from service.runtime import Runtime
@@ -62,12 +62,13 @@ def _left_out(left_out: LeftOut) -> str:
     opt={"scope": "export", "job": True},
     status_code=200,
     operation_class=documented(
+        body_rule=only_with("format", "label-studio", option="push"),
         ok_media={
             "application/jsonl": TEXT,
             NDJSON: TEXT,
             "application/vnd.apache.parquet": BINARY,
             "text/markdown": TEXT,
-        }
+        },
     ),
     responses=problems({502: "Label Studio refused the push or could not be reached"}),
 )

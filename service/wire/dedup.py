@@ -44,7 +44,8 @@ TokenizerName = Annotated[
 
 class DedupItem(Base):
     id: Id
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DEDUP_TEXT)]
+    # Not blank: at least one character that is not white space.
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DEDUP_TEXT, pattern=r"\S")]
 
 
 class DedupRequest(Base):
