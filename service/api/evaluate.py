@@ -9,8 +9,10 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
+from service.api.auth import Caller
 from service.api.disconnect import until_disconnect
-from service.api.problems import PROBLEM_400, problem_response
+from service.api.openapi import at_least_one_of, documented
+from service.api.problems import problems
 from service.runtime import Runtime
 from service.stages.evaluate import check_request, evaluate_request
 from service.wire.evaluate import EvaluateRequest, EvaluateResponse
@@ -30,6 +32,8 @@ __all__ = ["routes"]
         "A client that disconnects has its snippets cancelled."
     ),
     tags=["evaluate"],
+    opt={"scope": "evaluate", "job": True},
+    operation_class=documented(body_rule=at_least_one_of("pairs", "snippets")),
     status_code=200,
     responses={
         200: ResponseSpec(
@@ -37,15 +41,17 @@ __all__ = ["routes"]
             description="The pairs with their evaluation, and the snippets' results",
             generate_examples=False,
         ),
-        400: PROBLEM_400,
-        503: problem_response("The R sandbox cannot run, or is too busy (Retry-After)"),
+        **problems({503: "The R sandbox cannot run, or is too busy (Retry-After)"}),
     },
 )
 async def evaluate(
-    data: JSONBody[EvaluateRequest], request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    data: JSONBody[EvaluateRequest],
+    request: Request[Any, Any, Any],
+    runtime: NamedDependency[Runtime],
+    caller: NamedDependency[Caller],
 ) -> EvaluateResponse:
     check_request(data)  # a bad request is a 400 before the sandbox is started
-    runner = await runtime.runner()
+    runner = caller.runner(await runtime.runner())
     return await until_disconnect(request, evaluate_request(runner, data))
 
 

@@ -8,7 +8,6 @@ offending path (`dedup.threshold`, `tasks[0]`); they are reshaped here into
 from __future__ import annotations
 
 import logging
-import math
 import re
 from typing import Any
 
@@ -18,7 +17,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from service.errors import InvalidInput, ProviderError, QasynthError, SandboxBusy
+from service.errors import InvalidInput, ProviderError, QasynthError
 
 __all__ = [
     "EXCEPTION_HANDLERS",
@@ -27,6 +26,7 @@ __all__ = [
     "FieldError",
     "Problem",
     "problem_response",
+    "problems",
 ]
 
 log = logging.getLogger("qasynth")
@@ -60,6 +60,23 @@ def problem_response(description: str) -> ResponseSpec:
 
 
 PROBLEM_400 = problem_response("Invalid request; `field` names the culprit")
+
+# What every route behind the API key gate may answer besides its own statuses.
+_DESCRIPTIONS = {
+    400: "Invalid request; `field` names the culprit",
+    401: "No API key, or a malformed `Authorization` header; `WWW-Authenticate: Bearer` says how to send one",
+    403: "Unknown API key, a key not allowed this route, or a target the operator did not allow",
+    413: "The body is larger than the service's limit",
+    429: "The key's quota (requests per minute, jobs in flight) is used up; `Retry-After` says when to retry",
+}
+
+
+def problems(own: dict[int, str] | None = None, *, body: bool = True) -> dict[int, ResponseSpec]:
+    """`responses=` entries for a guarded route: 401, 403 and 429, with 400 and 413 when it takes a
+    `body`, and the route's `own` statuses."""
+    texts = {k: v for k, v in _DESCRIPTIONS.items() if body or k not in (400, 413)}
+    texts.update(own or {})
+    return {code: problem_response(texts[code]) for code in sorted(texts)}
 
 
 def _response(problem: Problem, headers: dict[str, str] | None = None) -> Response[Problem]:
@@ -95,16 +112,22 @@ def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Re
 
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
     title = type(exc).__name__.replace("Exception", "") or "Error"
+    detail = str(exc.detail)
+    if exc.status_code == 413:
+        limit = request.route_handler.resolve_request_max_body_size()
+        detail = f"the body is larger than the service's limit of {limit:,} bytes; split the request"
     return _response(
         Problem(
             type=TYPE_BASE + title.lower(),
             title=title,
             status=exc.status_code,
-            detail=str(exc.detail),
+            detail=detail,
             instance=request.url.path,
             # A 400 that is not a field validation error is a body that could not be decoded at all.
             field="body" if exc.status_code == 400 else None,
-        )
+        ),
+        # `Allow` on a 405, as RFC 9110 asks.
+        headers=dict(exc.headers) if exc.headers else None,
     )
 
 
@@ -125,8 +148,7 @@ def _qasynth(request: Request[Any, Any, Any], exc: QasynthError) -> Response[Pro
             errors=[FieldError(field=exc.field, message=exc.detail)] if exc.field else None,
             provider=exc.provider if isinstance(exc, ProviderError) else None,
         ),
-        # A full queue says when to come back (RFC 9110: whole seconds).
-        headers={"Retry-After": str(math.ceil(exc.retry_after_s))} if isinstance(exc, SandboxBusy) else None,
+        headers=exc.headers or None,
     )
 
 

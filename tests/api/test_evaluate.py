@@ -213,7 +213,15 @@ async def test_requests_take_turns_and_a_full_queue_is_a_503_with_retry_after() 
 
     from tests.conftest import serve
 
-    app = app_with(sandbox="bwrap", eval_workers=2, eval_wall_s=10.0, eval_cpu_s=10.0, eval_queue=5000)
+    # quota_snippets: one caller (anonymous, as both requests are) may have all of them in the pool.
+    app = app_with(
+        sandbox="bwrap",
+        eval_workers=2,
+        eval_wall_s=10.0,
+        eval_cpu_s=10.0,
+        eval_queue=5000,
+        quota_snippets=10_000,
+    )
     big = {"snippets": [{"id": f"b{i}", "code": "Sys.sleep(0.2)"} for i in range(5000)]}
     with serve(app) as base_url:
         async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
