@@ -229,14 +229,34 @@ local({
   }
   clean_stamp <- NULL
   root_modes <- NULL
+  # The files under `dirs`, never through a symbolic link (list.files(recursive = TRUE) would
+  # follow one to /usr and list it all), and at most 100,000 entries.
+  walk <- function(dirs) {
+    files <- character()
+    sizes <- numeric()
+    seen <- 0L
+    while (length(dirs) && seen < 100000L) {
+      d <- dirs[1L]
+      dirs <- dirs[-1L]
+      entries <- list.files(d, all.files = TRUE, full.names = TRUE, no.. = TRUE)
+      seen <- seen + length(entries)
+      entries <- entries[!nzchar(Sys.readlink(entries))]
+      if (!length(entries)) next
+      info <- file.info(entries, extra_cols = FALSE)
+      isdir <- info$isdir %in% TRUE
+      dirs <- c(dirs, entries[isdir])
+      files <- c(files, entries[!isdir])
+      sizes <- c(sizes, info$size[!isdir])
+    }
+    list(files = files, sizes = sizes)
+  }
   janitor_main <- function() {
     tryCatch({
       parallel:::closeFD(c(0L, private_fds))
-      files <- unique(unlist(lapply(roots, function(r) {
-        list.files(r, recursive = TRUE, full.names = TRUE, all.files = TRUE)
-      })))
-      files <- files[!startsWith(files, state_dir)]
-      sizes <- file.size(files)
+      found <- walk(setdiff(roots, c(state_dir, tmp_root, work_dir)))
+      keep <- !startsWith(found$files, state_dir)
+      files <- found$files[keep]
+      sizes <- found$sizes[keep]
       sizes[is.na(sizes)] <- 0
       for (d in c(state_dir, tmp_root, work_dir)) {
         if (!dir.exists(d) || nzchar(Sys.readlink(d))) unlink(d, recursive = TRUE, force = TRUE)
@@ -248,8 +268,13 @@ local({
       left <- setdiff(listing, kept_paths)
       for (round in 1:3) {
         if (!length(left)) break
-        dirs <- list.dirs(left, recursive = TRUE, full.names = TRUE)
-        if (length(dirs)) Sys.chmod(dirs, "0700", use_umask = FALSE)
+        dirs <- left[file.info(left, extra_cols = FALSE)$isdir %in% TRUE & !nzchar(Sys.readlink(left))]
+        while (length(dirs)) { # open up every directory below, top down, never through a link
+          Sys.chmod(dirs, "0700", use_umask = FALSE)
+          below <- list.files(dirs, all.files = TRUE, full.names = TRUE, no.. = TRUE)
+          below <- below[!nzchar(Sys.readlink(below))]
+          dirs <- below[file.info(below, extra_cols = FALSE)$isdir %in% TRUE]
+        }
         unlink(left, recursive = TRUE, force = TRUE)
         left <- setdiff(list.files(roots, all.files = TRUE, full.names = TRUE, no.. = TRUE), kept_paths)
       }

@@ -247,3 +247,28 @@ async def test_a_garbled_or_oversized_result_is_that_snippets_verdict() -> None:
     assert len(huge.message or "") < 500
     assert after.verdict == "passed" and after.stdout == "ok"
     assert pool.restarts >= 1  # in doubt, the worker was replaced
+
+
+async def test_a_scratch_space_left_locked_or_pointing_elsewhere_is_wiped() -> None:
+    # Directories without permissions, a read-only work dir, files in /tmp and /dev/shm, and the
+    # work dir replaced by a link to /usr (which a careless wipe would walk whole, or follow).
+    async with WorkerPool(workers=1, limits=LIMITS) as pool:
+        locked = await pool.run(
+            "dir.create('d/e', recursive = TRUE); writeLines('x', 'd/e/f')\n"
+            "Sys.chmod('d/e', '000'); Sys.chmod('d', '000')\n"
+            "writeLines('y', '/dev/shm/s'); writeLines('z', '/tmp/t'); Sys.chmod(getwd(), '500')"
+        )
+        first = await pool.run(
+            "cat(length(list.files(all.files = TRUE, no.. = TRUE)), file.exists('/dev/shm/s', '/tmp/t'), "
+            "file.access('.', 2), getwd())"
+        )
+        linked = await pool.run(
+            "setwd('/tmp'); unlink('work', recursive = TRUE); file.symlink('/usr', 'work')"
+        )
+        second = await pool.run("cat(getwd(), nzchar(Sys.readlink('/tmp/work')), length(list.files()))")
+        restarts = pool.restarts
+    assert locked.verdict == "passed" and linked.verdict == "passed", (locked, linked)
+    assert linked.duration_ms < 2000, linked
+    assert first.stdout == "0 FALSE FALSE 0 /tmp/work", first
+    assert second.stdout == "/tmp/work FALSE 0", second
+    assert restarts == 0  # wiped in place, not by a new worker
