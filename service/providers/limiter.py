@@ -2,7 +2,7 @@
 
     Lane.call(send, classify)
       ├─ Breaker.admit     closed: go · open: wait out the cool-down, then one caller probes ·
-      │                    open on a rejected key: fail at once
+      │                    open on a rejected key or after a failed probe: fail at once
       ├─ Limiter.acquire   at most `limit` calls in flight, none while paused for Retry-After
       ├─ send()            one HTTP attempt (the SDKs' own retries are off, so every 429 is seen here)
       └─ classify(exc)     → Failure: throttled (429) · failed (5xx, 529, timeout, dropped connection,
@@ -12,11 +12,13 @@
 The limit follows AIMD. A throttle or an overload signal (429, 529, 5xx, a timeout) cuts it to
 floor(decrease × limit), at least `min`, once per episode: answers to calls sent before the last cut
 do not cut again, since they report the load that cut already answered. Every `increase_after`
-successes of calls sent while the limit was the bottleneck grow it by one, up to `max`. A step up
-that a 429 answers doubles the successes the next step needs (up to 8 × `increase_after`), so a
-limit that has found the server's capacity stops knocking on it; a step that holds resets that. A
-429 pauses new calls on the lane until its Retry-After (`retry-after-ms` first, then `retry-after`
-in seconds or as a date; `pause_s` when the server gives none); so does a 5xx that names one.
+successes of calls sent while the limit was the bottleneck grow it by one, up to `max`; until its
+first 429 a lane needs only ⌈limit / 4⌉ of them, so a fresh lane finds the server's capacity quickly
+when `initial` was set low. A step up that a 429 answers doubles the successes the next step needs
+(up to 8 × `increase_after`), so a limit that has found the server's capacity stops knocking on it;
+a step that holds resets that. A 429 pauses new calls on the lane until its Retry-After
+(`retry-after-ms` first, then `retry-after` in seconds or as a date; `pause_s` when the server gives
+none); so does a 5xx that names one.
 
 The breaker counts consecutive failed attempts (not throttles). At `failures` it opens: no call
 reaches the provider until `cooldown_s` has passed, then a single call probes while the others wait,
@@ -204,6 +206,7 @@ class Limiter:
         self._successes = 0
         self._increase_after = concurrency.increase_after if isinstance(concurrency, Adaptive) else 0
         self._step_pending = False
+        self._throttled_ever = False
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -254,13 +257,17 @@ class Limiter:
             if outcome == "ok":
                 if ticket.binding and ticket.epoch == self._epoch:
                     self._successes += 1
-                    if self._successes >= self._increase_after and self.limit < self.max_limit:
+                    needed = self._increase_after
+                    if not self._throttled_ever:
+                        needed = min(needed, math.ceil(self.limit / 4))
+                    if self._successes >= needed and self.limit < self.max_limit:
                         if self._step_pending:  # the last step held
                             self._increase_after = policy.increase_after
                         self._successes = 0
                         self._step_pending = True
                         self.limit += 1
             elif outcome in ("throttled", "overload") and ticket.epoch == self._epoch:
+                self._throttled_ever = self._throttled_ever or outcome == "throttled"
                 if outcome == "throttled" and self._step_pending:
                     self._increase_after = min(self._increase_after * 2, 8 * policy.increase_after)
                 self._step_pending = False

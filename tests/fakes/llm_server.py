@@ -269,19 +269,41 @@ class FakeLLMServer:
 
 
 def main() -> None:
-    """Serve from a process of its own (benchmarks: keeps the server's threads off the client's GIL)."""
+    """Serve from a process of its own (benchmarks: keeps the server's threads off the client's GIL).
+
+    Prints its port, then serves until SIGTERM, when it prints a JSON line: how many requests got
+    each status, and the most it had in flight at once.
+    """
     import argparse
-    import contextlib
+    import collections
+    import signal
     import sys
+
+    from tests.fakes.faults import ConcurrencyLimit
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=0,
+        help="answer 429 above this many requests in flight (0: no limit)",
+    )
     args = parser.parse_args()
     server = FakeLLMServer(latency_s=args.latency)
+    limit = None
+    if args.max_in_flight:
+        limit = server.faults.add(ConcurrencyLimit(args.max_in_flight, service_s=args.latency))
+
+    def stop(*_: object) -> None:
+        statuses = collections.Counter(str(c.status) for c in server.calls)
+        peak = limit.peak if isinstance(limit, ConcurrencyLimit) else None
+        print(json.dumps({"statuses": statuses, "peak_in_flight": peak}), flush=True)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     print(server.port, flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        server._server.serve_forever()
-    sys.exit(0)
+    server._server.serve_forever()
 
 
 if __name__ == "__main__":

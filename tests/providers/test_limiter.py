@@ -78,7 +78,7 @@ async def test_a_throttle_cuts_once_per_episode() -> None:
 
 
 async def test_a_step_up_answered_by_a_429_doubles_the_wait_for_the_next() -> None:
-    limiter = Limiter(Adaptive(initial=4, max=64, decrease=0.8, increase_after=3), clock=Clock())
+    limiter = Limiter(Adaptive(initial=5, max=64, decrease=0.8, increase_after=3), clock=Clock())
 
     async def binding_successes(n: int) -> None:
         for _ in range(n):
@@ -90,7 +90,11 @@ async def test_a_step_up_answered_by_a_429_doubles_the_wait_for_the_next() -> No
         [t] = await fill(limiter, 1)
         limiter.release(t, "throttled", retry_after_s=0)
 
-    await binding_successes(3)
+    await throttle()  # the lane's first 429 ends its start-up: floor(0.8 × 5) = 4
+    assert limiter.limit == 4
+    await binding_successes(2)
+    assert limiter.limit == 4
+    await binding_successes(1)
     assert limiter.limit == 5  # a step up
     await throttle()  # … answered by a 429: floor(0.8 × 5) = 4, and the next step needs 6
     assert limiter.limit == 4
@@ -115,6 +119,90 @@ async def test_a_step_up_answered_by_a_429_doubles_the_wait_for_the_next() -> No
         assert limiter.limit == before
         await binding_successes(1)
         assert limiter.limit == before + 1
+
+
+async def test_an_overload_cuts_once_per_episode_and_never_below_min() -> None:
+    limiter = Limiter(Adaptive(initial=10, min=2, max=64, decrease=0.5), clock=Clock())
+    first = await fill(limiter, 10)
+    for t in first:  # a burst of 5xx to calls of one episode: one cut
+        limiter.release(t, "overload")
+    assert limiter.limit == 5
+    for _ in range(4):  # each new episode cuts again, down to min
+        [t] = await fill(limiter, 1)
+        limiter.release(t, "overload")
+    assert limiter.limit == 2
+
+
+async def rounds(limiter: Limiter, n: int) -> None:
+    """n rounds that each fill the limit: the last call of a round is sent while the limit binds."""
+    for _ in range(n):
+        ts = await fill(limiter, limiter.limit)
+        for t in ts:
+            limiter.release(t, "ok")
+
+
+async def test_growth_is_quick_until_the_first_429_then_one_per_increase_after() -> None:
+    limiter = Limiter(Adaptive(initial=8, max=12, decrease=0.9, increase_after=5), clock=Clock())
+    await rounds(limiter, 1)
+    assert limiter.limit == 8  # start-up: ⌈8 / 4⌉ = 2 binding successes a step
+    await rounds(limiter, 1)
+    assert limiter.limit == 9
+    await rounds(limiter, 3)  # ⌈9 / 4⌉ = 3
+    assert limiter.limit == 10
+    [t] = await fill(limiter, 1)
+    limiter.release(t, "throttled", retry_after_s=0)
+    assert limiter.limit == 9  # floor(0.9 × 10); the step to 10 was answered by a 429: 10 needed now
+    await rounds(limiter, 9)
+    assert limiter.limit == 9
+    await rounds(limiter, 1)
+    assert limiter.limit == 10
+    await rounds(limiter, 10)  # that step held: back to 5 a step
+    assert limiter.limit == 11
+    await rounds(limiter, 5)
+    assert limiter.limit == 12
+    await rounds(limiter, 50)
+    assert limiter.limit == 12  # capped at max
+
+
+async def test_successes_that_never_fill_the_limit_do_not_grow_it() -> None:
+    limiter = Limiter(Adaptive(initial=4, max=64, increase_after=2), clock=Clock())
+    for _ in range(50):
+        [t] = await fill(limiter, 1)  # 1 of 4 in flight: the limit is not what holds calls back
+        limiter.release(t, "ok")
+    assert limiter.limit == 4
+
+
+async def test_successes_of_calls_sent_before_a_cut_do_not_count_toward_growth() -> None:
+    limiter = Limiter(Adaptive(initial=4, max=64, increase_after=3), clock=Clock())
+    old = await fill(limiter, 4)
+    limiter.release(old[0], "throttled", retry_after_s=0)  # cut to 3, a new episode
+    assert limiter.limit == 3
+    for t in old[1:]:
+        limiter.release(t, "ok")
+    assert limiter.limit == 3
+    await rounds(limiter, 2)
+    assert limiter.limit == 3
+    await rounds(limiter, 1)
+    assert limiter.limit == 4
+
+
+async def test_a_fixed_limit_never_moves() -> None:
+    limiter = Limiter(3, clock=Clock())
+    ts = await fill(limiter, 3)
+    limiter.release(ts[0], "throttled", retry_after_s=0)
+    limiter.release(ts[1], "overload")
+    limiter.release(ts[2], "ok")
+    await rounds(limiter, 30)
+    assert (limiter.limit, limiter.max_limit, limiter.adaptive) == (3, 3, False)
+
+
+def test_adaptive_bounds_are_checked() -> None:
+    with pytest.raises(ValueError, match="min <= initial <= max"):
+        Adaptive(initial=10, max=5)
+    with pytest.raises(ValueError, match="decrease"):
+        Adaptive(decrease=1.0)
+    with pytest.raises(ValueError, match="at least 1"):
+        Limiter(0)
 
 
 # -- Limiter behaviour
