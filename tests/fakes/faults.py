@@ -302,11 +302,12 @@ def _request_id(vendor: Vendor) -> str:
 
 
 def _duration(seconds: float) -> str:
-    """OpenAI's reset durations: `120ms`, `6s`, `1m30s`."""
+    """OpenAI's reset durations: `120ms`, `1.5s`, `6m0s`."""
     if seconds < 1:
         return f"{max(1, round(seconds * 1000))}ms"
     minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{rest:.0f}s" if minutes else f"{rest:.0f}s"
+    rest = round(rest, 2)
+    return f"{int(minutes)}m{rest:g}s" if minutes else f"{rest:g}s"
 
 
 def _rate_headers(vendor: Vendor, *, remaining: int, reset_s: float) -> dict[str, str]:

@@ -238,3 +238,41 @@ async def test_providers_built_from_settings_use_the_lane_settings(llm_server: F
     [lane] = registry.lanes()
     assert (lane.provider, lane.model, lane.limit, lane.max_limit) == ("openai", "fake-gpt", 4, 9)
     await registry.aclose()
+
+
+async def test_the_fakes_errors_parse_as_each_vendors_own(llm_server: FakeLLMServer) -> None:
+    """The SDKs themselves read the fake's error bodies and headers as they read the real APIs'."""
+    llm_server.fail_next(
+        Fault(kind="status", status=429, retry_after_s=1.5),
+        Fault(kind="status", status=429, retry_after_s=1.5),
+        Fault(kind="status", status=529),
+    )
+    oclient = openai.AsyncOpenAI(api_key="sk-test", base_url=llm_server.openai_base_url, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as o:
+        await oclient.chat.completions.create(model="gpt-x", messages=[{"role": "user", "content": "hi"}])
+    await oclient.close()
+    assert (o.value.code, o.value.type, o.value.param) == ("rate_limit_exceeded", "requests", None)
+    assert "Rate limit reached for gpt-x" in o.value.message and o.value.request_id.startswith("req_")
+    headers = o.value.response.headers
+    assert (headers["retry-after"], headers["retry-after-ms"]) == ("2", "1500")
+    assert (
+        headers["x-ratelimit-remaining-requests"] == "0" and headers["x-ratelimit-reset-requests"] == "1.5s"
+    )
+    aclient = anthropic.AsyncAnthropic(
+        api_key="sk-ant", base_url=llm_server.anthropic_base_url, max_retries=0
+    )
+    with pytest.raises(anthropic.RateLimitError) as a:
+        await aclient.messages.create(
+            model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert a.value.type == "rate_limit_error" and a.value.request_id.startswith("req_")  # type: ignore[union-attr]
+    headers = a.value.response.headers
+    assert headers["retry-after"] == "2" and headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+    with pytest.raises(anthropic.OverloadedError) as overloaded:
+        await aclient.messages.create(
+            model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+    await aclient.close()
+    assert overloaded.value.status_code == 529 and overloaded.value.type == "overloaded_error"
+    assert overloaded.value.body["error"]["message"] == "Overloaded"  # type: ignore[index]
