@@ -22,6 +22,7 @@ from service.providers.openai import OpenAIProvider
 from service.stages.pipeline import collect, run_job
 from service.stages.spec import resolve_spec
 from service.wire.generate import Spec
+from tests.api.test_generate import assert_accounted
 from tests.conftest import settings_for
 from tests.fakes.faults import After, Fault, RevokeKey, SlowTail, Storm
 from tests.fakes.llm_server import WORDS, FakeLLMServer, default_reply
@@ -37,14 +38,6 @@ def job_spec(vendor: str = "openai", *, per_cell: int = 2, **model: Any) -> dict
         "model": {"provider": vendor, "questions_per_call": 2, **model},
         "evaluation": {"enabled": False},
     }
-
-
-def assert_accounted(body: dict[str, Any]) -> None:
-    for cell in body["counts"]["cells"]:
-        assert cell["requested"] == cell["returned"] + cell["dropped"] + cell["failed"], cell
-    slot_drops = [d for d in body["dropped"] if d["stage"] != "question"]
-    assert body["counts"]["requested"] == len(body["pairs"]) + len(slot_drops) + len(body["failed"])
-    assert body["counts"]["returned"] == len(body["pairs"])
 
 
 async def generate(
