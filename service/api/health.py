@@ -5,12 +5,14 @@ from __future__ import annotations
 import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 
+from service.api.problems import problems
 from service.errors import SandboxUnavailable
 from service.providers.limiter import LaneState
 from service.runtime import Runtime
 
-__all__ = ["routes"]
+__all__ = ["open_routes", "routes"]
 
 
 class Health(msgspec.Struct):
@@ -37,7 +39,16 @@ def health_check() -> Health:
     return Health(status="ok")
 
 
-@get("/ready", summary="Readiness: R, the sandbox and the configured providers", tags=["health"])
+@get(
+    "/ready",
+    summary="Readiness: R, the sandbox and the configured providers",
+    description="Needs an API key when keys are configured: it tells how the service is set up.",
+    tags=["health"],
+    responses={
+        503: ResponseSpec(Ready, description="Not ready: the body says which part", generate_examples=False),
+        **problems(body=False),
+    },
+)
 async def ready(runtime: NamedDependency[Runtime]) -> Response[Ready]:
     try:
         runner = await runtime.runner()
@@ -59,4 +70,6 @@ async def ready(runtime: NamedDependency[Runtime]) -> Response[Ready]:
     return Response(body, status_code=200 if ok else 503)
 
 
-routes = [health_check, ready]
+# /health needs no key (load balancers, the container's health check); /ready tells the configuration.
+open_routes = [health_check]
+routes = [ready]
