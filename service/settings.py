@@ -131,10 +131,21 @@ def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8000
-    # Provider calls in flight at once, per provider.
+    # Provider calls, per provider and model (see service/providers/limiter.py). Calls in flight
+    # start at `concurrency` and adapt (AIMD) between 1 and `concurrency_max`. The SDKs' own retries
+    # are off: failed attempts (5xx, 529, timeouts, dropped connections) are retried `max_retries`
+    # times with exponential backoff from `retry_backoff_s`; throttled ones (429)
+    # `max_throttled_retries` times, after the Retry-After the server names; a server asking for
+    # more than `max_retry_after_s` fails the call. `breaker_failures` failed attempts in a row open
+    # the breaker: calls wait `breaker_cooldown_s` (doubling while probes fail) for one probe.
     concurrency: int = 16
-    # Transport retries (429/5xx/timeouts) done by the SDKs, honouring Retry-After.
+    concurrency_max: int = 64
     max_retries: int = 4
+    max_throttled_retries: int = 20
+    retry_backoff_s: float = 0.5
+    max_retry_after_s: float = 60.0
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 5.0
     request_timeout_s: float = 300.0
     # Retries of a call whose reply was unusable (no question found, empty answer).
     content_retries: int = 2
@@ -196,11 +207,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         packages = tuple(
             p.strip() for p in env.get("QASYNTH_R_PACKAGES", "stats,utils").split(",") if p.strip()
         )
-        return cls(
+        settings = cls(
             host=env.get("QASYNTH_HOST") or defaults.host,
             port=_int(env, "QASYNTH_PORT", defaults.port),
             concurrency=_int(env, "QASYNTH_CONCURRENCY", defaults.concurrency),
+            concurrency_max=_int(env, "QASYNTH_CONCURRENCY_MAX", defaults.concurrency_max),
             max_retries=_int(env, "QASYNTH_MAX_RETRIES", defaults.max_retries),
+            max_throttled_retries=_int(env, "QASYNTH_MAX_THROTTLED_RETRIES", defaults.max_throttled_retries),
+            retry_backoff_s=_float(env, "QASYNTH_RETRY_BACKOFF_S", defaults.retry_backoff_s),
+            max_retry_after_s=_float(env, "QASYNTH_MAX_RETRY_AFTER_S", defaults.max_retry_after_s),
+            breaker_failures=_int(env, "QASYNTH_BREAKER_FAILURES", defaults.breaker_failures),
+            breaker_cooldown_s=_float(env, "QASYNTH_BREAKER_COOLDOWN_S", defaults.breaker_cooldown_s),
             request_timeout_s=_float(env, "QASYNTH_REQUEST_TIMEOUT_S", defaults.request_timeout_s),
             content_retries=_int(env, "QASYNTH_CONTENT_RETRIES", defaults.content_retries),
             openai_api_key=env.get("OPENAI_API_KEY") or None,
@@ -223,6 +240,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             eval_queue=_int(env, "QASYNTH_EVAL_QUEUE", defaults.eval_queue),
             **_security_and_limits(env, defaults),
         )
+        for name, value, minimum in (
+            ("QASYNTH_CONCURRENCY", settings.concurrency, 1),
+            ("QASYNTH_CONCURRENCY_MAX", settings.concurrency_max, 1),
+            ("QASYNTH_MAX_RETRIES", settings.max_retries, 0),
+            ("QASYNTH_MAX_THROTTLED_RETRIES", settings.max_throttled_retries, 0),
+            ("QASYNTH_RETRY_BACKOFF_S", settings.retry_backoff_s, 0),
+            ("QASYNTH_MAX_RETRY_AFTER_S", settings.max_retry_after_s, 0),
+            ("QASYNTH_BREAKER_FAILURES", settings.breaker_failures, 1),
+            ("QASYNTH_BREAKER_COOLDOWN_S", settings.breaker_cooldown_s, 0),
+        ):
+            if value < minimum:
+                raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+        return settings
 
     @property
     def auth_enabled(self) -> bool:

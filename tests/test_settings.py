@@ -127,3 +127,33 @@ def test_a_malformed_keys_file_names_the_file_and_field(tmp_path) -> None:  # ty
     path.write_text(f'[[keys]]\nname = "x"\nsha256 = "{DIGEST}"\nrpm = 3\n')
     with pytest.raises(SettingsError, match=r"QASYNTH_API_KEYS_FILE: .*keys.toml: .*rpm"):
         Settings.from_env({"QASYNTH_API_KEYS_FILE": str(path)})
+
+
+def test_lane_settings_and_their_bounds() -> None:
+    s = Settings.from_env(
+        {
+            "QASYNTH_CONCURRENCY": "8",
+            "QASYNTH_CONCURRENCY_MAX": "32",
+            "QASYNTH_MAX_RETRIES": "0",
+            "QASYNTH_MAX_THROTTLED_RETRIES": "50",
+            "QASYNTH_RETRY_BACKOFF_S": "0.25",
+            "QASYNTH_MAX_RETRY_AFTER_S": "120",
+            "QASYNTH_BREAKER_FAILURES": "3",
+            "QASYNTH_BREAKER_COOLDOWN_S": "10",
+        }
+    )
+    assert (s.concurrency, s.concurrency_max, s.max_retries, s.max_throttled_retries) == (8, 32, 0, 50)
+    assert (s.retry_backoff_s, s.max_retry_after_s, s.breaker_failures, s.breaker_cooldown_s) == (
+        0.25,
+        120,
+        3,
+        10,
+    )
+    for name, value in (
+        ("QASYNTH_CONCURRENCY", "0"),
+        ("QASYNTH_MAX_RETRIES", "-1"),
+        ("QASYNTH_BREAKER_FAILURES", "0"),
+        ("QASYNTH_RETRY_BACKOFF_S", "-0.5"),
+    ):
+        with pytest.raises(SettingsError, match=f"{name} must be at least"):
+            Settings.from_env({name: value})

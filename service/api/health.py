@@ -9,6 +9,7 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from service.api.problems import problems
 from service.errors import SandboxUnavailable
+from service.providers.limiter import LaneState
 from service.runtime import Runtime
 
 __all__ = ["open_routes", "routes"]
@@ -19,12 +20,18 @@ class Health(msgspec.Struct):
 
 
 class Ready(msgspec.Struct):
-    """`ready` is true when R runs in the configured sandbox and the default provider is configured."""
+    """`ready` is true when R runs in the configured sandbox and the default provider is configured.
+
+    `lanes` shows each provider and model used so far: its concurrency limit, calls in flight and
+    queued, and its circuit breaker (`open` while calls wait for a probe). An open breaker does not
+    make the service unready: every replica shares the provider, so routing elsewhere would not help.
+    """
 
     ready: bool
     sandbox: dict[str, str]
     providers: dict[str, dict[str, str]]
     default_provider: str
+    lanes: list[LaneState] = []
 
 
 @get("/health", summary="Liveness: the process answers", tags=["health"], sync_to_thread=False)
@@ -53,7 +60,13 @@ async def ready(runtime: NamedDependency[Runtime]) -> Response[Ready]:
     providers = runtime.providers.describe()
     default = runtime.providers.default_name
     ok = sandbox_ok and providers[default]["configured"] == "true"
-    body = Ready(ready=ok, sandbox=sandbox, providers=providers, default_provider=default)
+    body = Ready(
+        ready=ok,
+        sandbox=sandbox,
+        providers=providers,
+        default_provider=default,
+        lanes=runtime.providers.lanes(),
+    )
     return Response(body, status_code=200 if ok else 503)
 
 
