@@ -243,3 +243,31 @@ async def test_requests_take_turns_and_a_full_queue_is_a_503_with_retry_after() 
     assert full.status_code == 503, full.text
     assert int(full.headers["retry-after"]) >= 1
     assert full.json()["title"] == "R sandbox busy" and "waiting" in full.json()["detail"]
+
+
+@pytest.mark.sandbox
+@needs_sandbox
+async def test_requests_of_one_key_take_turns_for_its_snippet_quota() -> None:
+    import asyncio
+    import time
+
+    import httpx
+
+    from tests.conftest import serve
+
+    # The default quota (4 snippets in flight a key): both requests are the same caller.
+    app = app_with(sandbox="bwrap", eval_workers=2, eval_wall_s=10.0, eval_cpu_s=10.0)
+    big = {"snippets": [{"id": f"b{i}", "code": "Sys.sleep(0.2)"} for i in range(300)]}
+    with serve(app) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+            await client.post("/v1/evaluate", json={"snippets": [{"id": "w", "code": "1"}]})
+            hog = asyncio.create_task(_post_and_drop(base_url, big, 3.0))
+            await asyncio.sleep(1.0)
+            t0 = time.perf_counter()
+            small = await client.post(
+                "/v1/evaluate", json={"snippets": [{"id": "s", "code": "cat('small')"}]}
+            )
+            waited = time.perf_counter() - t0
+            await hog
+    assert small.status_code == 200 and small.json()["snippets"][0]["evaluation"]["stdout"] == "small"
+    assert waited < 1.5, waited  # not 300 x 0.2 s / 2 workers behind the key's first-come slots
