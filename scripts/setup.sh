@@ -16,10 +16,11 @@ for arg in "$@"; do
 done
 
 # r-cran-lintr: the answer checks lint R code (in the sandbox) against the conventions.
-apt_packages=(r-base-core r-cran-lintr bubblewrap python3-venv)
+apt_packages=(r-base-core r-cran-lintr bubblewrap libseccomp2 python3-venv)
 if [ "$dev" = 1 ]; then
-  # Chromium renders the HTML report in tests; jsonlite serves scripts/extract_r_help_corpus.R.
-  apt_packages+=(chromium r-cran-jsonlite)
+  # Chromium renders the HTML report in tests; jsonlite serves scripts/extract_r_help_corpus.R;
+  # gcc builds the native probe the sandbox tests smuggle into the sandbox.
+  apt_packages+=(chromium r-cran-jsonlite gcc libc6-dev)
 fi
 
 missing=()

@@ -353,7 +353,7 @@ class _Run:
         except MalformedReply as exc:
             # One unusable call is one dropped item, not one for each question it was to hold.
             c.ledger.release(slots[1:])
-            self._settle(c, slots[0], self._dropped(c, "question", "malformed_reply", exc.reason))
+            self._settle(c, slots[0], self._dropped(c, "question", exc.failure_reason, exc.reason))
             return
         c.ledger.release(slots[len(call.value) :])
         step = self._step(template, call, batch_size=len(call.value))
@@ -492,7 +492,7 @@ class _Run:
                 ),
             )
         except MalformedReply as exc:
-            return self._dropped(c, "answer", "malformed_reply", exc.reason, question=q.text)
+            return self._dropped(c, "answer", exc.failure_reason, exc.reason, question=q.text)
         answer = call.value
         answer_step = self._step(template, call)
         pid = pair_id(c.cell.task, c.cell.theme, q.text, answer)

@@ -195,7 +195,7 @@ async def _unchecked_bug(s: _Steps, code: str) -> tuple[str, BugProvenance] | Sk
             bug_request(s.job, s.templates["bug"], s.task, s.theme, code=code, output=""), parse_code
         )
     except MalformedReply as exc:
-        return Skipped(stage="bug", reason="malformed_reply", detail=exc.reason, text=code)
+        return Skipped(stage="bug", reason=exc.failure_reason, detail=exc.reason, text=code)
     if _normalised(call.value) == _normalised(code):
         return Skipped(
             stage="bug", reason="bug_not_effective", detail="the script came back unchanged", text=code
@@ -293,7 +293,7 @@ async def make_code_question(
             snippet_request(job, templates["snippet"], task, theme, avoid=avoid), parse_code
         )
     except MalformedReply as exc:
-        return Skipped(stage="snippet", reason="malformed_reply", detail=exc.reason)
+        return Skipped(stage="snippet", reason=exc.failure_reason, detail=exc.reason)
     code = snippet_call.value
     snippet_step = step(templates["snippet"], snippet_call)
     shown: str = code
@@ -348,7 +348,7 @@ async def _question_around(
             lambda reply: compose_question(reply, shown),
         )
     except MalformedReply as exc:
-        return Skipped(stage="question", reason="malformed_reply", detail=exc.reason, text=shown)
+        return Skipped(stage="question", reason=exc.failure_reason, detail=exc.reason, text=shown)
     return CodeDraft(
         question=q_call.value,
         code=shown,
