@@ -1,4 +1,4 @@
-"""Command line: `python -m service [serve|demo|prepare-model|openapi|export|import-review]`.
+"""Command line: `python -m service [serve|demo|prepare-model|openapi|export|import-review|dedup|evaluate|report]`.
 
 `serve` (the default) runs the HTTP service. `demo` starts it on a free loopback
 port, sends a small spec and prints the pairs as they are produced, which is the
@@ -205,10 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("-o", "--output", default="openapi/openapi.json")
     schema.set_defaults(func=_openapi)
 
-    from service.commands import export, import_review
+    from service.commands import dedup, evaluate, export, import_review, report
 
     export.register(sub)
     import_review.register(sub)
+    dedup.register(sub)
+    evaluate.register(sub)
+    report.register(sub)
     return parser
 
 
