@@ -30,6 +30,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 __all__ = [
     "MAX_SHOWN",
@@ -52,7 +53,7 @@ class JobError(Exception):
 
 
 def console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, markup=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,7 @@ class Problems:
         self.count += 1
         message = error or record.error or "bad record"
         if self.count <= MAX_SHOWN:
-            self.out.print(f"[red]bad line[/red] {record.where}: {message}", markup=True, highlight=False)
+            self.out.print(Text.assemble(("bad line", "red"), f" {record.where}: {message}"))
         elif self.count == MAX_SHOWN + 1:
             more = (
                 " (all of them are in the --errors file)" if self._file else "; --errors FILE lists them all"
