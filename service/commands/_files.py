@@ -247,9 +247,9 @@ class Summary:
 def add_common_arguments(p: argparse.ArgumentParser, *, output_required: bool = True) -> None:
     p.add_argument(
         "--ray",
-        metavar="auto|ADDRESS",
-        help="run on a Ray cluster: auto joins this machine's cluster or starts a local one "
-        "(needs pip install 'qasynth[ray]')",
+        metavar="auto|local|ADDRESS",
+        help="run on a Ray cluster: auto joins this machine's cluster or starts one, local always "
+        "starts one for the job, ADDRESS joins that cluster (needs pip install 'qasynth[ray]')",
     )
     p.add_argument("--restart", action="store_true", help="start over instead of continuing the output file")
     p.add_argument("--errors", metavar="FILE", help="write every bad input line here as JSONL")

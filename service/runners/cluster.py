@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -40,6 +41,17 @@ def ray_module() -> Any:
     except ImportError:
         raise RunnerUnavailable("Ray is not installed: pip install 'qasynth[ray]'", field="ray") from None
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Ray waits minutes for a cluster that is not there; a plain connect says so in seconds."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RunnerUnavailable(f"--ray takes auto, local or HOST:PORT, got {address!r}", field="ray")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise RunnerUnavailable(f"no Ray cluster at {address}: {exc}", field="ray") from None
 
 
 class RayExecutor:
@@ -118,18 +130,25 @@ class RayRunner:
     def connect(
         cls, settings: Settings, *, address: str = "auto", block_size: int | None = None
     ) -> RayRunner:
-        """Join a running cluster (`auto`: the one this machine belongs to, else a new local one)."""
+        """Join a running cluster: `auto`, the one this machine belongs to, else a new local one;
+        `local`, always a new one on this machine for this job; otherwise its address."""
         ray = ray_module()
         started = False
         if not ray.is_initialized():
             options: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False}
-            try:
-                ray.init(address=address, **options)
-            except ConnectionError:
-                if address != "auto":
-                    raise RunnerUnavailable(f"no Ray cluster at {address}", field="ray") from None
-                ray.init(include_dashboard=False, **options)
+            if address == "local":
+                ray.init(address="local", include_dashboard=False, **options)
                 started = True
+            else:
+                if address != "auto":
+                    _check_reachable(address)
+                try:
+                    ray.init(address=address, **options)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    if address != "auto":
+                        raise RunnerUnavailable(f"no Ray cluster at {address}: {exc}", field="ray") from None
+                    ray.init(address="local", include_dashboard=False, **options)
+                    started = True
         return cls(settings, ray=ray, started=started, block_size=block_size)
 
     def _cpus(self) -> int:
