@@ -19,7 +19,7 @@ from service.stages.dedup._blocks import BlockDedup, InlineExecutor, decide_bloc
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "r_help_corpus.jsonl"
 
-WORDS = ["mean", "median", "of", "the", "x", "vector", "compute", "a", "t.test", "lm", "in", "R", "NA", "平均"]
+WORDS = "mean median of the x vector compute a t.test lm in R NA 平均".split()
 
 
 @st.composite

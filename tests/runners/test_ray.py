@@ -64,7 +64,9 @@ def test_distributed_dedup_equals_the_single_machine_filter_on_the_r_help_corpus
 @pytest.mark.sandbox
 def test_evaluation_survives_its_actor_being_killed(cluster: str) -> None:
     items = [
-        EvalItem("code", "generate", "stop('broken on purpose')" if i % 25 == 7 else f"Sys.sleep(0.02); cat({i})")
+        EvalItem(
+            "code", "generate", "stop('broken on purpose')" if i % 25 == 7 else f"Sys.sleep(0.02); cat({i})"
+        )
         for i in range(300)
     ]
 
