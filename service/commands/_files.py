@@ -115,6 +115,8 @@ def _parquet(path: Path, advance: Callable[[int], None] | None) -> Iterator[Reco
 
 def input_size(path: Path) -> int:
     """The progress bar's total: bytes of JSONL, rows of Parquet."""
+    if not path.is_file():
+        raise JobError(f"{path}: no such file")
     if _is_parquet(path):
         import pyarrow.parquet as pq
 
