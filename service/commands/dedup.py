@@ -46,7 +46,7 @@ __all__ = ["register", "run"]
 class _Items:
     """Valid items of one file, in order, with the bad ones reported; ids are unique over all files."""
 
-    def __init__(self, args: argparse.Namespace, problems: Problems, seen: dict[str, str]) -> None:
+    def __init__(self, args: argparse.Namespace, problems: Problems, seen: set[str]) -> None:
         self.id_field = args.id_field
         self.text_field = args.text_field
         self.problems = problems
@@ -74,11 +74,10 @@ class _Items:
         if not item.text.strip():
             self.problems.bad(record, f"{self.text_field} is blank")
             return None
-        first = self.seen.get(item.id)
-        if first is not None:
-            self.problems.bad(record, f"duplicate id {item.id!r}: already used at {first}")
+        if item.id in self.seen:
+            self.problems.bad(record, f"duplicate id {item.id!r}: an earlier item has it")
             return None
-        self.seen[item.id] = record.where
+        self.seen.add(item.id)
         return item
 
     def of(self, records: Iterator[Record]) -> Iterator[tuple[Record, DedupItem]]:
@@ -93,7 +92,7 @@ def _dedup(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     summary = Summary(job="dedup")
     problems = Problems(out, args.errors)
-    seen: dict[str, str] = {}
+    seen: set[str] = set()  # ids are refused twice, as /v1/dedup refuses them
     valid = _Items(args, problems, seen)
     output_path = Path(args.output)
 

@@ -89,7 +89,7 @@ def test_bad_lines_are_reported_with_their_numbers_and_nothing_else_is_lost(tmp_
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     for n, reason in [
-        (2, "not JSON"), (3, "no 'text' field"), (5, "duplicate id 'r0': already used at"), (6, "id"),
+        (2, "not JSON"), (3, "no 'text' field"), (5, "duplicate id 'r0': an earlier item has it"), (6, "id"),
         (7, "text is blank"), (8, "not a JSON object"), (10, "length <= 20000"),
     ]:  # fmt: skip
         assert (
