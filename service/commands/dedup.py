@@ -64,15 +64,16 @@ class _Items:
         if missing:
             self.problems.bad(record, f"no {' and no '.join(repr(f) for f in missing)} field")
             return None
+        text = value[self.text_field]
+        if isinstance(text, str) and not text.strip():
+            self.problems.bad(record, f"{self.text_field} is blank")
+            return None
         try:
-            item = msgspec.convert({"id": value[self.id_field], "text": value[self.text_field]}, DedupItem)
+            item = msgspec.convert({"id": value[self.id_field], "text": text}, DedupItem)
         except msgspec.ValidationError as exc:
             self.problems.bad(
                 record, str(exc).replace("$.id", self.id_field).replace("$.text", self.text_field)
             )
-            return None
-        if not item.text.strip():
-            self.problems.bad(record, f"{self.text_field} is blank")
             return None
         if item.id in self.seen:
             self.problems.bad(record, f"duplicate id {item.id!r}: an earlier item has it")
