@@ -23,8 +23,7 @@ from typing import Any
 from service.runners.base import EvalItem, RunnerUnavailable
 from service.runners.local import evaluate_item, pool_runtime
 from service.settings import Settings
-from service.stages.dedup import Decision
-from service.stages.dedup._blocks import DEFAULT_BLOCK, BlockDedup, BlockStats
+from service.stages.dedup import DEFAULT_BLOCK, BlockDedup, BlockStats, Decision
 from service.wire.evaluate import Evaluation
 
 __all__ = ["RayExecutor", "RayRunner", "ray_module"]
