@@ -1,8 +1,9 @@
 """Anthropic messages API.
 
 The system prompt (identical across a job's calls) is marked `cache_control:
-ephemeral`, so repeated calls read it from Anthropic's prompt cache; cache reads
-are recorded as `cached_tokens`. Anthropic has no seed parameter. The SDK's own
+ephemeral`, so repeated calls read it from Anthropic's prompt cache once it reaches the
+model's minimum (1,024 tokens for most models); cache reads are recorded as `cached_tokens`,
+cache writes as `cache_write_tokens`. Anthropic has no seed parameter. The SDK's own
 retries are off: the model's lane retries 429, 529 and the rest (`limiter.Lane`).
 """
 
@@ -90,6 +91,7 @@ class AnthropicProvider(SDKProvider):
                     input_tokens=(u.input_tokens or 0) + cache_read + cache_write,
                     output_tokens=u.output_tokens or 0,
                     cached_tokens=cache_read,
+                    cache_write_tokens=cache_write,
                 ),
                 latency_ms=latency_ms,
                 finish_reason=response.stop_reason,
