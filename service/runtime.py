@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from service.errors import SandboxUnavailable
+from service.pricing import PriceTable
 from service.providers.registry import ProviderRegistry
 from service.settings import Settings
 
@@ -18,6 +19,7 @@ class Runtime:
     def __init__(self, *, settings: Settings, providers: ProviderRegistry, runner: Any = None) -> None:
         self.settings = settings
         self.providers = providers
+        self.prices = PriceTable.load(settings.prices_file)
         self._runner = runner
         self._owns_runner = runner is None
         self._runner_error: str | None = None

@@ -159,6 +159,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # None: openai if its key or base URL is set, else anthropic likewise, else local.
     default_provider: Literal["openai", "anthropic", "local"] | None = None
 
+    # A TOML price table whose entries replace or add to the shipped one (service/data/prices.toml).
+    prices_file: str | None = None
+
     local_model_path: str | None = None
     local_threads: int = 1
     local_context: int = 8192
@@ -226,6 +229,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
             anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
             anthropic_model=env.get("QASYNTH_ANTHROPIC_MODEL") or defaults.anthropic_model,
+            prices_file=env.get("QASYNTH_PRICES_FILE") or None,
             default_provider=provider,  # type: ignore[arg-type]
             local_model_path=env.get("QASYNTH_LOCAL_MODEL") or None,
             local_threads=_int(env, "QASYNTH_LOCAL_THREADS", defaults.local_threads),

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from service.errors import ProviderError, ProviderRejected, SandboxUnavailable
+from service.pricing import cost_of, round_usd
 from service.providers.base import Provider
 from service.stages.answers import generate_answer
 from service.stages.calls import Call, MalformedReply
@@ -83,6 +84,7 @@ from service.wire.generate import (
     RepairAttempt,
     StepProvenance,
 )
+from service.wire.pricing import ModelPrice
 
 __all__ = ["collect", "pair_id", "question_id", "run_job"]
 
@@ -191,8 +193,12 @@ class _Run:
         *,
         retries: int,
         emit: Callable[[Event], None],
+        price: ModelPrice | None = None,
+        price_taken: str | None = None,
     ) -> None:
         self.job = job
+        self.price = price
+        self.price_taken = price_taken
         self.provider = provider
         self.sandbox = sandbox
         self.retries = retries
@@ -247,7 +253,14 @@ class _Run:
         variety = await asyncio.to_thread(
             diversity, c.returned_questions, tokenizer=self.job.spec.dedup.tokenizer
         )
-        self.cells[(cell.task, cell.theme)] = ledger.finish(variety)
+        count = ledger.finish(variety)
+        cost = cost_of(ledger.usage, self.price)
+        self.cells[(cell.task, cell.theme)] = msgspec.structs.replace(
+            count,
+            usage=ledger.usage,
+            cost_usd=cost,
+            cost_per_returned_pair_usd=_per_pair(cost, count.returned),
+        )
 
     def _fail_shortfall(self, c: _Cell) -> None:
         missing = c.ledger.shortfall()
@@ -328,6 +341,7 @@ class _Run:
             latency_ms=round(call.latency_ms, 1),
             attempts=call.attempts,
             batch_size=batch_size,
+            cost_usd=cost_of(call.usage, self.price),
         )
 
     # -- questions
@@ -552,6 +566,11 @@ class _Run:
                     failed_checks=[ch.name for ch in quality.checks if ch.blocking and not ch.passed],
                 )
         draft = q.draft
+        steps = [answer_step, *(r.step for r in repairs)]
+        if draft is not None:
+            steps.append(draft.snippet)
+            if draft.bug is not None and draft.bug.step is not None:
+                steps.append(draft.bug.step)
         return Pair(
             id=pid,
             task=c.cell.task,
@@ -570,6 +589,7 @@ class _Run:
                 repairs=repairs,
                 calls=slot.calls,
                 top_up=slot.top_up,
+                cost_usd=_pair_cost(q.step, steps),
             ),
         )
 
@@ -720,8 +740,12 @@ class _Run:
                 checks[(name, True)] += count.passed
                 checks[(name, False)] += count.failed
         names = sorted({n for n, _ in checks})
+        cost = cost_of(self.usage, self.price)
         return msgspec.structs.replace(
             self.counts,
+            cost_usd=cost,
+            cost_per_returned_pair_usd=_per_pair(cost, self.counts.returned),
+            price_taken=self.price_taken if self.price is not None else None,
             calls=sum(x.calls for x in cells),
             top_up_calls=sum(x.top_up_calls for x in cells),
             repaired=sum(x.repaired for x in cells),
@@ -738,21 +762,42 @@ class _Run:
         )
 
 
+def _per_pair(cost: float | None, returned: int) -> float | None:
+    return round_usd(cost / returned) if cost is not None and returned else None
+
+
+def _pair_cost(question: StepProvenance, steps: list[StepProvenance]) -> float | None:
+    """The pair's steps; a question call shared by several questions counts its share."""
+    costs = [s.cost_usd for s in steps]
+    if question.cost_usd is None or None in costs:
+        return None
+    return round_usd(question.cost_usd / question.batch_size + sum(c for c in costs if c is not None))
+
+
 _END = object()
 
 
 def run_job(
-    job: Job, provider: Provider, *, evaluate: Sandbox | None, retries: int = 2
+    job: Job,
+    provider: Provider,
+    *,
+    evaluate: Sandbox | None,
+    retries: int = 2,
+    price: ModelPrice | None = None,
+    price_taken: str | None = None,
 ) -> AsyncIterator[Event]:
     """Events as items progress; the last is `Done`. Closing the iterator cancels the job.
 
+    `price` prices every step (`service.pricing`); None leaves costs unknown (null).
     `evaluate` is the sandbox (`stages.evaluate.answer_evaluator(runner)`), or None when
     evaluation is off: then only the checks that need no R run. Not itself a generator:
     templates are loaded and checked here, at the call, so a bad override is a 400 before a
     streamed response has started.
     """
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    run = _Run(job, provider, evaluate, retries=retries, emit=queue.put_nowait)
+    run = _Run(
+        job, provider, evaluate, retries=retries, emit=queue.put_nowait, price=price, price_taken=price_taken
+    )
     return _events(job, run, queue)
 
 
