@@ -20,6 +20,8 @@ class Runtime:
         self.settings = settings
         self.providers = providers
         self.prices = PriceTable.load(settings.prices_file)
+        # Derived once from settings and shipped files (never request data): /ready's cache notes.
+        self.memo: dict[str, Any] = {}
         self._runner = runner
         self._owns_runner = runner is None
         self._runner_error: str | None = None
@@ -54,6 +56,14 @@ class Runtime:
                     raise SandboxUnavailable(str(exc)) from exc
                 self._runner_error = None
         return self._runner
+
+    def default_model(self, provider: str) -> str:
+        """The model a provider would use when a spec names none, whether or not it is configured."""
+        if provider == "openai":
+            return self.settings.openai_model
+        if provider == "anthropic":
+            return self.settings.anthropic_model
+        return "local"
 
     @property
     def runner_error(self) -> str | None:

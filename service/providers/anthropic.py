@@ -63,6 +63,20 @@ class AnthropicProvider(SDKProvider):
             client, default_model=settings.anthropic_model, concurrency=adaptive, retry=retry, breaker=breaker
         )
 
+    async def count_tokens(self, request: CompletionRequest) -> int | None:
+        """The prompt tokens of `request` by Anthropic's count_tokens endpoint (free; None when it
+        cannot be reached or refuses), for estimates."""
+        try:
+            counted = await self._client.messages.count_tokens(
+                model=request.model or self.default_model,
+                system=request.system,
+                messages=[{"role": m.role, "content": m.content} for m in request.messages],
+                timeout=10.0,
+            )
+        except anthropic.AnthropicError:
+            return None
+        return counted.input_tokens
+
     async def complete(self, request: CompletionRequest) -> Completion:
         system: list[Any] = [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}]
         messages: list[Any] = [{"role": m.role, "content": m.content} for m in request.messages]

@@ -142,6 +142,31 @@ class LocalProvider:
         # llama.cpp answers with whatever alias it was given; provenance names the loaded model.
         return msgspec.structs.replace(completion, model=self.default_model)
 
+    async def count_tokens(self, request: CompletionRequest) -> int | None:
+        """The prompt tokens of `request` by the model's own tokenizer and chat template (llama.cpp's
+        /apply-template and /tokenize), for estimates; None while the model is not loaded (an estimate
+        does not load a gigabyte of weights)."""
+        if self._loaded is None:
+            return None
+        import httpx
+
+        base = self._loaded.base_url.removesuffix("/v1")
+        messages = [{"role": "system", "content": request.system}]
+        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        headers = {"Authorization": f"Bearer {self._api_key}"}
+        try:
+            async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30.0) as client:
+                templated = await client.post("/apply-template", json={"messages": messages})
+                templated.raise_for_status()
+                prompt = templated.json()["prompt"]
+                tokens = await client.post(
+                    "/tokenize", json={"content": prompt, "add_special": True, "parse_special": True}
+                )
+                tokens.raise_for_status()
+                return len(tokens.json()["tokens"])
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None
+
     async def _ensure_started(self) -> Any:
         """Start once; a caller that gives up (cancelled) does not abort a load others wait for."""
         if self._delegate is None:
