@@ -31,10 +31,11 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from service.errors import ProviderError, ProviderRejected, SandboxUnavailable
+from service.errors import BudgetExhausted, InvalidInput, ProviderError, ProviderRejected, SandboxUnavailable
 from service.pricing import cost_of, round_usd
 from service.providers.base import Provider
 from service.stages.answers import generate_answer
+from service.stages.budget import BudgetedProvider, JobBudget
 from service.stages.calls import Call, MalformedReply
 from service.stages.dedup import Deduplicator
 from service.stages.evaluate import Sandbox
@@ -60,6 +61,7 @@ from service.wire.base import Usage
 from service.wire.evaluate import Evaluation, Quality
 from service.wire.generate import (
     AnswerGenerated,
+    BudgetReached,
     Cell,
     CellCount,
     CellStarted,
@@ -211,10 +213,17 @@ class _Run:
         self.ledgers: list[CellLedger] = []
         self.usage = Usage()
         self.rejected: ProviderRejected | None = None
+        self.exhausted: BudgetExhausted | None = None
+        self.budget: JobBudget | None = None
         examples = [(f"few-shot:{i}", e.question) for i, e in enumerate(job.few_shot)]
         self.q_filter = _Filter(job, enabled=job.spec.dedup.questions, examples=examples)
         self.a_filter = _Filter(job, enabled=job.spec.dedup.answers)
         self.tg: asyncio.TaskGroup | None = None
+
+    @property
+    def stopped(self) -> ProviderError | None:
+        """Why no further call is made: the provider rejected the job, or its budget ran out."""
+        return self.rejected or self.exhausted
 
     def close(self) -> None:
         self.q_filter.close()
@@ -242,7 +251,7 @@ class _Run:
         self.ledgers.append(ledger)
         policy = policy_for(task.id, task.kind, self.job.spec.evaluation.policy)
         c = _Cell(cell=cell, task=task, theme=theme, policy=policy, ledger=ledger)
-        if self.rejected is not None:
+        if self.stopped is not None:
             ledger.stop()
         self.emit(CellStarted(task=cell.task, theme=cell.theme, count=cell.count))
         per_lane = 1 if c.code_first else self.job.spec.model.questions_per_call
@@ -271,6 +280,11 @@ class _Run:
         if self.rejected is not None:
             reason = "provider_rejected"
             detail = f"{self.rejected.provider}: {self.rejected.detail}"
+        elif self.exhausted is not None:
+            reason = "budget_exhausted"
+            detail = (
+                f"{count.returned} of {count.requested} made when the budget ran out: {self.exhausted.detail}"
+            )
         else:
             reason = "cell_budget_exhausted"
             lost = ", ".join(f"{n} {r}" for r, n in c.drops.most_common()) or "none"
@@ -286,7 +300,7 @@ class _Run:
     async def _lane(self, c: _Cell) -> None:
         per_call = 1 if c.code_first else self.job.spec.model.questions_per_call
         while slots := await c.ledger.take(per_call):
-            if self.rejected is not None:
+            if self.stopped is not None:
                 c.ledger.release(slots)
                 c.ledger.stop()
                 return
@@ -312,6 +326,22 @@ class _Run:
             result = await call
         except MalformedReply as exc:
             self._spend(c, slots, exc.attempts, exc.usage)
+            raise
+        except BudgetExhausted as exc:
+            self._spend(c, slots, exc.attempts, exc.usage if isinstance(exc.usage, Usage) else Usage())
+            if self.exhausted is None:
+                self.exhausted = exc
+                for ledger in self.ledgers:
+                    ledger.stop()
+                budget = self.budget
+                self.emit(
+                    BudgetReached(
+                        limit=exc.limit,  # type: ignore[arg-type]
+                        detail=exc.detail,
+                        spent_usd=round_usd(budget.spent_usd) if budget and budget.price else None,
+                        spent_tokens=budget.spent.input_tokens + budget.spent.output_tokens if budget else 0,
+                    )
+                )
             raise
         except ProviderError as exc:
             self._spend(c, slots, 1, Usage())
@@ -486,8 +516,8 @@ class _Run:
         self._settle(c, slot, outcome)
 
     async def _item(self, c: _Cell, slot: Slot, q: _Question) -> Outcome:
-        if self.rejected is not None:
-            raise self.rejected
+        if self.stopped is not None:
+            raise self.stopped
         shown_output = question_output(self.job, q.facts.run)
         template = self.templates["answer"]
         try:
@@ -530,8 +560,8 @@ class _Run:
         repairs: list[RepairAttempt] = []
         attempts = self.job.spec.evaluation.repair_attempts
         while quality.flagged and len(repairs) < attempts and c.ledger.budget_left() > 0:
-            if self.rejected is not None:
-                raise self.rejected
+            if self.stopped is not None:
+                break  # the answer in hand is still a pair
             repaired = await self._repair(c, slot, q, answer, evaluation, quality)
             if repaired is None:
                 break
@@ -644,6 +674,10 @@ class _Run:
         except MalformedReply as exc:
             c.ledger.repair_calls(exc.attempts)
             return None
+        except BudgetExhausted as exc:
+            # No money for a repair: the answer in hand stands, flagged, with its evidence.
+            c.ledger.repair_calls(exc.attempts)
+            return None
         c.ledger.repair_calls(call.attempts)
         return RepairAttempt(step=self._step(template, call)), call.value
 
@@ -701,7 +735,11 @@ class _Run:
         self, c: _Cell, slot: Slot, exc: ProviderError, *, stage: str, question: str | None
     ) -> None:
         reason: FailReason = (
-            "provider_rejected" if isinstance(exc, ProviderRejected) else "provider_unavailable"
+            "budget_exhausted"
+            if isinstance(exc, BudgetExhausted)
+            else "provider_rejected"
+            if isinstance(exc, ProviderRejected)
+            else "provider_unavailable"
         )
         self._settle(
             c, slot, self._failed(c, stage, reason, f"{exc.provider}: {exc.detail}", question=question)
@@ -746,6 +784,7 @@ class _Run:
             cost_usd=cost,
             cost_per_returned_pair_usd=_per_pair(cost, self.counts.returned),
             price_taken=self.price_taken if self.price is not None else None,
+            budget_exhausted=self.exhausted is not None,
             calls=sum(x.calls for x in cells),
             top_up_calls=sum(x.top_up_calls for x in cells),
             repaired=sum(x.repaired for x in cells),
@@ -794,10 +833,24 @@ def run_job(
     templates are loaded and checked here, at the call, so a bad override is a 400 before a
     streamed response has started.
     """
+    budget = None
+    limits = job.spec.budget
+    if limits.usd is not None or limits.tokens is not None:
+        model = job.spec.model.name or provider.default_model
+        if limits.usd is not None and price is None:
+            raise InvalidInput(
+                f"a budget in dollars needs a price for {provider.name} model {model!r}: give `pricing`",
+                field="budget.usd",
+            )
+        budget = JobBudget(
+            usd=limits.usd, tokens=limits.tokens, price=price, provider=provider.name, model=model
+        )
+        provider = BudgetedProvider(provider, budget)
     queue: asyncio.Queue[Any] = asyncio.Queue()
     run = _Run(
         job, provider, evaluate, retries=retries, emit=queue.put_nowait, price=price, price_taken=price_taken
     )
+    run.budget = budget
     return _events(job, run, queue)
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "MAX_TOTAL_COUNT",
     "AnswerGenerated",
     "Budget",
+    "BudgetReached",
     "BugProvenance",
     "Cell",
     "CellCount",
@@ -352,6 +353,7 @@ class Counts(Base):
     cost_usd: float | None = None
     cost_per_returned_pair_usd: float | None = None
     price_taken: str | None = None
+    budget_exhausted: bool = False
 
 
 class GenerateResponse(Base):
@@ -417,6 +419,17 @@ class Failed(Base, tag="failed", tag_field="event"):
     item: ItemFailed
 
 
+class BudgetReached(Base, tag="budget_exhausted", tag_field="event"):
+    """The job's budget (`limit`: `usd` or `tokens`) cannot pay for the next call: no further call
+    is made, items in flight end, and every item not finished fails `budget_exhausted`. `spent_usd`
+    (null without a price) and `spent_tokens`: what the job had spent when it stopped."""
+
+    limit: Literal["usd", "tokens"]
+    detail: str
+    spent_usd: float | None
+    spent_tokens: int
+
+
 class Done(Base, tag="done", tag_field="event"):
     counts: Counts
     usage: Usage
@@ -433,5 +446,6 @@ Event = (
     | PairReady
     | Dropped
     | Failed
+    | BudgetReached
     | Done
 )
