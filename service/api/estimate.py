@@ -14,7 +14,7 @@ from service.stages.spec import resolve_spec
 from service.wire.estimate import Estimate
 from service.wire.generate import Spec
 
-__all__ = ["routes"]
+__all__ = ["estimate_spec", "routes"]
 
 
 @post(
@@ -35,6 +35,11 @@ __all__ = ["routes"]
     },
 )
 async def estimate(data: JSONBody[Spec], runtime: NamedDependency[Runtime]) -> Estimate:
+    return await estimate_spec(data, runtime)
+
+
+async def estimate_spec(data: Spec, runtime: Runtime) -> Estimate:
+    """The route's work, shared with `python -m service estimate`."""
     job = resolve_spec(data)
     name = data.model.provider or runtime.providers.default_name
     # An unconfigured provider can still be estimated; a configured one may count tokens itself.

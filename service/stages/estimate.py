@@ -80,6 +80,8 @@ _ERROR = Evaluation(
     line=4,
     failing_call="print(x_maen)",
 )
+# An example shorter than this ("...") does not stand for the length of a real question or answer.
+MIN_STAND_IN_CHARS = 40
 _KEYS = ("calls", "input", "output", "cached", "write")
 # Headings around each question of a question reply ("### Q1\n").
 _QUESTION_HEADING_TOKENS = 5
@@ -118,18 +120,25 @@ class _Counter:
 
 
 def _examples(job: Job, task: ResolvedTask) -> tuple[str, str, str]:
-    """A question, an answer and the code of a question like the task's: its own example if it
-    has one, else the built-in example of its kind."""
+    """A question, an answer and the code of a question like the task's: its own example where it
+    has one, else (also for a part too short to stand for a real one) the built-in example of its kind."""
+    defaults = locale_defaults(job.spec.locale).few_shot
+    kind = [e for e in defaults if e.task == (task.kind or "generate")] or defaults
+    question, answer = kind[0].question, kind[0].answer
+    code = _code_of(task, question, answer)
     mine = [e for e in job.few_shot if e.task == task.id]
     if mine:
-        e = mine[0]
-        question, answer = e.question, e.answer
-    else:
-        defaults = locale_defaults(job.spec.locale).few_shot
-        kind = [e for e in defaults if e.task == (task.kind or "generate")] or defaults
-        question, answer = kind[0].question, kind[0].answer
-    code = extract_code(answer if task.kind == "fix" else question).code or extract_code(answer).code
+        own = mine[0]
+        if len(own.question) >= MIN_STAND_IN_CHARS:
+            question = own.question
+        if len(own.answer) >= MIN_STAND_IN_CHARS:
+            answer = own.answer
+        code = _code_of(task, own.question, own.answer) or code
     return question, answer, code
+
+
+def _code_of(task: ResolvedTask, question: str, answer: str) -> str:
+    return extract_code(answer if task.kind == "fix" else question).code or extract_code(answer).code
 
 
 def _budget(job: Job, task: ResolvedTask, count_: int) -> int:
