@@ -28,6 +28,7 @@ from service.providers.base import CompletionRequest, Provider
 from service.stages.ledger import BUDGET_FACTOR, calls_needed
 from service.stages.prompts import (
     AVOID_MAX_ITEMS,
+    PLACEHOLDER,
     Template,
     answer_request,
     bug_request,
@@ -187,30 +188,49 @@ def _mean_avoid_tokens(base: int, one: int, per_item: int, calls: float, per_cal
     return total / n
 
 
+def _theme_uses(template: Template) -> tuple[int, int]:
+    """How often a template's turns name the theme's id and its description."""
+    names = [m for _, text in template.turns for m in PLACEHOLDER.findall(text)]
+    return names.count("theme_id"), names.count("theme_description")
+
+
 def _plan(job: Job, provider: str, counter: _Counter, templates: dict[str, Template]) -> list[_StepCalls]:
-    """Every (cell, step) of the job with its calls and tokens."""
+    """Every (cell, step) of the job with its calls and tokens.
+
+    Each task's requests are rendered and counted with the theme of its first cell; a cell of another
+    theme differs only where the user turns name the theme, so its count is that one's plus the
+    difference of the themes' own counts (a grid of thousands of cells takes a second, not minutes)."""
     plans: list[_StepCalls] = []
     max_tokens = job.spec.model.max_tokens
     qpc = job.spec.model.questions_per_call
+    rendered: dict[str, tuple[ResolvedTheme, dict[StepName, list[int]], dict[StepName, int]]] = {}
     for cell in job.cells:
         if cell.count == 0:
             continue
         task, theme = job.tasks[cell.task], job.themes[cell.theme]
         question, answer, code = _examples(job, task)
+        if task.id not in rendered:
+            requests = _requests(job, templates, task, theme, question, answer, code)
+            counts = {step: [counter.request(r) for r in rs] for step, rs in requests.items()}
+            prefixes = {step: counter.prefix(rs[0]) for step, rs in requests.items()}
+            rendered[task.id] = (theme, counts, prefixes)
+        first, counts, prefixes = rendered[task.id]
         calls = _cell_calls(job, task, cell.count)
-        requests = _requests(job, templates, task, theme, question, answer, code)
         for step, per_scenario in calls.items():
-            variants = requests[step]
+            uses_id, uses_description = _theme_uses(templates[step])
+            shift = uses_id * (counter.text(theme.id) - counter.text(first.id)) + uses_description * (
+                counter.text(theme.description) - counter.text(first.description)
+            )
+            variants = [n + shift for n in counts[step]]
             if len(variants) == 3:  # the avoid-list grows
-                base, one, two = (counter.request(r) for r in variants)
+                base, one, two = variants
                 per_call = qpc if step == "question" else 1
                 inputs = {
                     name: _mean_avoid_tokens(base, one, two - one, per_scenario[name], per_call)
                     for name in NAMES
                 }
             else:
-                tokens = counter.request(variants[0])
-                inputs = dict.fromkeys(NAMES, float(tokens))
+                inputs = dict.fromkeys(NAMES, float(variants[0]))
             if step == "question":
                 output = qpc * (counter.text(question) + _QUESTION_HEADING_TOKENS)
             elif step in ("snippet", "bug"):
@@ -226,7 +246,7 @@ def _plan(job: Job, provider: str, counter: _Counter, templates: dict[str, Templ
                     calls=per_scenario,
                     input_per_call=inputs,
                     output_per_call=min(float(output), float(max_tokens)),
-                    prefix=counter.prefix(variants[0]),
+                    prefix=prefixes[step],
                     cache_group=(task.id, group),
                 )
             )

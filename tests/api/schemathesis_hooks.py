@@ -4,9 +4,11 @@ Some rules of a request hold between fields and cannot be written in JSON Schema
 descriptions and the README state them and the service answers a 400 naming the field:
 ids unique across `items` and `existing`; a spec gives exactly one of `per_cell` and `cells`, its
 cells and few-shot examples name tasks and themes of its grid, a task or theme that is not built in
-has a description, and a replacement template has its `=== user ===` line. A body generated as
+has a description, a replacement template has its `=== user ===` line, and a budget in dollars has
+a price for its model (the configured fake model has none, so such a spec carries `pricing`). A body generated as
 schema-valid is brought within these rules here, so that "valid data is accepted" tests the service
-rather than the generator; bodies generated as invalid are left as they are. /v1/generate also gets
+rather than the generator; bodies generated as invalid are left as they are. /v1/estimate takes the
+spec of /v1/generate and gets the same treatment. /v1/generate also gets
 tiny counts and the configured fake provider, so the run stays quick.
 """
 
@@ -84,6 +86,8 @@ def _coherent_spec(spec: dict[str, Any]) -> None:
     if model.get("provider") == "local":  # not configured in the test app: a 400 by design
         model["provider"] = "openai"
     model.pop("name", None)
+    if (spec.get("budget") or {}).get("usd") is not None and spec.get("pricing") is None:
+        spec["pricing"] = {"input": 1.0, "output": 2.0}
 
 
 @schemathesis.hook
@@ -91,6 +95,6 @@ def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     path = context.operation.path if context.operation is not None else ""
     if path == "/v1/dedup" and _valid(body, DedupRequest):
         _unique_ids(body.get("existing", []), body["items"])
-    elif path == "/v1/generate" and _valid(body, Spec):
+    elif path in ("/v1/generate", "/v1/estimate") and _valid(body, Spec):
         _coherent_spec(body)
     return body

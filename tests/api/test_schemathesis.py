@@ -28,7 +28,7 @@ SEED = os.environ.get("QASYNTH_SCHEMATHESIS_SEED", "20261201")
 # that JSON Schema cannot state (unique ids across two lists; a spec's cells naming its own grid; see
 # tests/api/schemathesis_hooks.py). The coverage phase builds bodies without hooks, so those two run
 # the example, fuzzing and stateful phases, with the hooks.
-BETWEEN_FIELDS = "^/v1/(generate|dedup)$"
+BETWEEN_FIELDS = "^/v1/(generate|estimate|dedup)$"
 RUNS = (
     ("--exclude-path-regex", BETWEEN_FIELDS),
     ("--include-path-regex", BETWEEN_FIELDS, "--phases", "examples,fuzzing,stateful"),
