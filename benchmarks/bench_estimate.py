@@ -103,7 +103,8 @@ def compare(name: str, estimate: Estimate, response: GenerateResponse, wall_s: f
         f"   {'all tokens':20s} {'':9s} {expected_total:9d} {'':9s} {total:9d}  {expected_total / total:15.2f}"
     )
     share = real["cached_tokens"] / real["input_tokens"] if real["input_tokens"] else 0.0
-    print(f"   prompt tokens served from cache: {share:.1%} (estimated {estimate.cached_tokens.expected / max(1, estimate.input_tokens.expected):.1%})")  # fmt: skip
+    guess = estimate.cached_tokens.expected / max(1, estimate.input_tokens.expected)
+    print(f"   prompt tokens served from cache: {share:.1%} (estimated {guess:.1%})")
     if response.counts.cost_usd is not None and estimate.cost_usd is not None:
         print(f"   cost: estimated ${estimate.cost_usd.low:.4f}–${estimate.cost_usd.high:.4f} "
               f"(expected ${estimate.cost_usd.expected:.4f}), actual ${response.counts.cost_usd:.4f}")  # fmt: skip
@@ -135,6 +136,8 @@ async def run(
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-local", action="store_true", help="leave the embedded model out")
+    parser.add_argument("--no-fakes", action="store_true", help="only the embedded model")
+    parser.add_argument("--local-tasks", nargs="+", default=["explain", "fix", "generate"])
     args = parser.parse_args()
     print(f"start: {load()}", flush=True)
     prices = PriceTable.load()
@@ -144,10 +147,14 @@ async def main() -> int:
     grid = {"tasks": ["explain", "fix", "generate"], "themes": ["mean-variance", "regression"], "per_cell": 3}
     try:
         with FakeLLMServer() as server:
+            if args.no_fakes:
+                vendors: tuple[tuple[str, str], ...] = ()
+            else:
+                vendors = (("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-5"))
             env = {"OPENAI_BASE_URL": server.openai_base_url, "OPENAI_API_KEY": "sk-fake",
                    "ANTHROPIC_BASE_URL": server.anthropic_base_url, "ANTHROPIC_API_KEY": "sk-ant-fake"}  # fmt: skip
             registry = ProviderRegistry(Settings.from_env(env))
-            for vendor, model in (("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-5")):
+            for vendor, model in vendors:
                 for long in (False, True):
                     name = f"fake {vendor} {model}, {'long' if long else 'built-in'} conventions"
                     server.cache.clear()
@@ -162,7 +169,8 @@ async def main() -> int:
 
             settings = Settings.from_env()
             local = LocalProvider.from_settings(settings)
-            job_spec = spec("local", local.default_model, tasks=["explain", "fix", "generate"],
+            print(f"\nlocal model job: {args.local_tasks} × regression × 1, {load()}", flush=True)
+            job_spec = spec("local", local.default_model, tasks=args.local_tasks,
                             themes=["regression"], per_cell=1, long=False)  # fmt: skip
             job = resolve_spec(job_spec)
             before = await estimate_job(
