@@ -146,10 +146,16 @@ async def test_generate_drops_failing_answers_under_drop(llm_server: FakeLLMServ
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["pairs"] == []
-    assert body["counts"]["evaluation_dropped"] == 3 and body["counts"]["flagged"] == 3
-    assert {d["stage"] for d in body["dropped"]} == {"evaluation"}
-    assert all("runtime_error: boom" in d["reason"] for d in body["dropped"])
-    assert len(failing.calls) == 3
+    # Each flagged answer was repaired twice, still failed, and was dropped; the cell asked again
+    # until its call budget ran out, then reported the three items it could not make.
+    dropped = body["dropped"]
+    assert dropped and {d["stage"] for d in dropped} == {"evaluation"}
+    assert all(d["reason"] == "flagged" and "runtime_error — boom" in d["detail"] for d in dropped)
+    assert body["counts"]["evaluation_dropped"] == body["counts"]["flagged"] == len(dropped)
+    assert [f["reason"] for f in body["failed"]] == ["cell_budget_exhausted"] * 3
+    answers_run = [code for code in failing.calls if code.startswith("x <- c(")]
+    # Every answer and every repair ran once in the sandbox.
+    assert len(answers_run) == len(dropped) + body["counts"]["repair_calls"] > len(dropped)
 
 
 needs_sandbox = pytest.mark.skipif(
