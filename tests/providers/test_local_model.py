@@ -59,6 +59,20 @@ async def test_completes_and_reuses_the_cached_system_prompt() -> None:
     assert provider.describe()["status"] == "stopped"
 
 
+async def test_counts_a_prompt_as_llama_cpp_bills_it_once_loaded() -> None:
+    provider = LocalProvider.from_settings(SETTINGS)
+    request = _ask("Compute the variance of c(2, 4, 9) in R.", max_tokens=8)
+    try:
+        unloaded = await provider.count_tokens(request)
+        completion = await provider.complete(request)
+        counted = await provider.count_tokens(request)
+    finally:
+        await provider.aclose()
+    # An estimate never loads the model; once it is loaded, the count is the prompt it was billed.
+    assert unloaded is None
+    assert counted == completion.usage.input_tokens
+
+
 async def test_a_cancelled_first_call_does_not_abort_the_load() -> None:
     provider = LocalProvider.from_settings(SETTINGS)
     try:
