@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
+from service.pricing import PricingError
+from service.settings import Settings
 from tests.api.test_generate import assert_accounted, grid_spec
 from tests.conftest import settings_for
 from tests.fakes.llm_server import FakeLLMServer
@@ -81,3 +85,29 @@ async def test_a_requests_pricing_wins_and_an_unknown_model_costs_null(llm_serve
     assert b["counts"]["cost_usd"] is None and b["counts"]["price_taken"] is None
     assert all(p["provenance"]["cost_usd"] is None for p in b["pairs"])
     assert b["counts"]["cost_per_returned_pair_usd"] is None
+
+
+async def test_an_operators_price_file_adds_to_the_table(llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text(
+        'taken = "2026-01-02"\n[models.fake-gpt]\nprovider = "openai"\ninput = 1.0\noutput = 4.0\n'
+        "cached_input = 0.5\n",
+        encoding="utf-8",
+    )
+    settings = Settings.from_env({"QASYNTH_PRICES_FILE": str(prices)})
+    assert settings.prices_file == str(prices)
+    app = create_app(settings_for(llm_server, prices_file=str(prices)))
+    async with AsyncTestClient(app) as client:
+        body = (await client.post("/v1/generate", json=grid_spec(per_cell=1))).json()
+        mini = (await client.post("/v1/estimate", json=grid_spec(model={"name": "gpt-4o-mini"}))).json()
+    assert body["counts"]["price_taken"] == "2026-01-02"
+    # cache_write left out: it is billed like input.
+    assert body["counts"]["cost_usd"] == round(dollars(body["usage"], 1.0, 0.5, 1.0, 4.0), 6)
+    assert mini["price"]["input"] == 0.15  # the shipped entries stay
+
+
+def test_a_broken_price_file_stops_the_app_with_its_name(llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[models.x]\nprovider = "openai"\ninput = "cheap"\noutput = 1\n', encoding="utf-8")
+    with pytest.raises(PricingError, match=r"broken\.toml"):
+        create_app(settings_for(llm_server, prices_file=str(broken)))
