@@ -92,6 +92,29 @@ def compare(name: str, estimate: Estimate, response: GenerateResponse, wall_s: f
         print(
             f"   {key:20s} {span.low:9d} {span.expected:9d} {span.high:9d} {actual:9d}  {shown:>15s}  {inside}"
         )
+    # Per step, what the returned pairs' own calls sent and received (dropped items' calls are not in it).
+    steps: dict[str, list[int]] = {}
+    for pair in response.pairs:
+        prov = pair.provenance
+        if prov is None:
+            continue
+        found = [("answer", prov.answer), *(("repair", r.step) for r in prov.repairs)]
+        found.append(("question" if prov.snippet is None else "code_question", prov.question))
+        if prov.snippet is not None:
+            found.append(("snippet", prov.snippet))
+        if prov.bug is not None and prov.bug.step is not None:
+            found.append(("bug", prov.bug.step))
+        for step_name, step in found:
+            row = steps.setdefault(step_name, [0, 0, 0])
+            row[0] += step.attempts
+            row[1] += step.usage.input_tokens // step.batch_size
+            row[2] += step.usage.output_tokens // step.batch_size
+    for est in estimate.steps:
+        calls, inp, out = steps.get(est.step, [0, 0, 0])
+        n = max(1, est.calls.expected)
+        print(f"   step {est.step:14s} calls {est.calls.expected:4d} vs {calls:4d}; input/call "
+              f"{est.input_tokens.expected / n:6.0f} vs {inp / max(1, calls):6.0f}; "
+              f"output/call {est.output_tokens.expected / n:5.0f} vs {out / max(1, calls):5.0f}")  # fmt: skip
     total = real["input_tokens"] + real["output_tokens"]
     expected_total = estimate.input_tokens.expected + estimate.output_tokens.expected
     rows["all_tokens"] = {

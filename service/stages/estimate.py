@@ -40,6 +40,7 @@ from service.stages.prompts import (
     repair_request,
     snippet_request,
 )
+from service.stages.quality import prose
 from service.stages.repair import evidence_text
 from service.stages.spec import Job, ResolvedTask, ResolvedTheme, locale_defaults
 from service.stages.tokens import Counting, count, encoding_for, framing_tokens, shared_prefix_tokens
@@ -268,7 +269,10 @@ def _requests(
     out: dict[StepName, list[CompletionRequest]] = {}
     code_first = task.kind in ("explain", "fix")
     if code_first:
-        out["snippet"] = [snippet_request(job, templates["snippet"], task, theme, avoid=a) for a in avoid]
+        # Scripts avoid the kept questions' prose, without their code, as the pipeline sends them.
+        text = prose(question)
+        kept = [[], [text], [text, text]] if text else [[], [], []]
+        out["snippet"] = [snippet_request(job, templates["snippet"], task, theme, avoid=a) for a in kept]
         run = _ERROR if task.kind == "fix" else _RUN
         if task.kind == "fix":
             out["bug"] = [
