@@ -198,8 +198,11 @@ class Output:
 
 
 @contextlib.contextmanager
-def progress_bar(out: Console, path: Path, *, label: str, enabled: bool) -> Iterator[Callable[..., None]]:
-    """A rich progress bar over the input (bytes or rows); yields `update(advance=0, done=None)`."""
+def progress_bar(
+    out: Console, path: Path | None, *, label: str, enabled: bool, total: int | None = None
+) -> Iterator[Callable[..., None]]:
+    """A rich progress bar over the input (bytes or rows), or up to `total`; yields
+    `update(advance=0, done=None)`."""
     progress = Progress(
         TextColumn(f"{label} {{task.fields[done]:,}} done"),
         BarColumn(),
@@ -210,7 +213,7 @@ def progress_bar(out: Console, path: Path, *, label: str, enabled: bool) -> Iter
         disable=not enabled,
         transient=False,
     )
-    task = progress.add_task(label, total=input_size(path), done=0)
+    task = progress.add_task(label, total=input_size(path) if path is not None else total, done=0)
 
     def update(advance: int = 0, done: int | None = None) -> None:
         if done is None:
@@ -246,7 +249,7 @@ class Summary:
             Path(path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 
-def add_common_arguments(p: argparse.ArgumentParser, *, output_required: bool = True) -> None:
+def add_common_arguments(p: argparse.ArgumentParser, *, input_lines: bool = True) -> None:
     p.add_argument(
         "--ray",
         metavar="auto|local|ADDRESS",
@@ -254,7 +257,8 @@ def add_common_arguments(p: argparse.ArgumentParser, *, output_required: bool = 
         "starts one for the job, ADDRESS joins that cluster (needs pip install 'qasynth[ray]')",
     )
     p.add_argument("--restart", action="store_true", help="start over instead of continuing the output file")
-    p.add_argument("--errors", metavar="FILE", help="write every bad input line here as JSONL")
+    if input_lines:
+        p.add_argument("--errors", metavar="FILE", help="write every bad input line here as JSONL")
     p.add_argument("--summary", metavar="FILE", help="also write the end summary here as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
