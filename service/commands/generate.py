@@ -44,7 +44,7 @@ from service.commands._files import (
 from service.errors import QasynthError
 from service.runners import open_runner
 from service.settings import Settings
-from service.stages.pipeline import History, add_counts, question_id
+from service.stages.pipeline import History, add_counts
 from service.stages.spec import Job, resolve_spec
 from service.wire.base import Usage
 from service.wire.generate import (
@@ -158,18 +158,10 @@ class Earlier:
         return tuple(c for c in rest if c.count > 0)
 
     def history(self) -> History:
-        """Kept questions and answers, as the filters kept them: a question reached its answer
-        (returned, or dropped at the answer or the evaluation), an answer reached the evaluation."""
+        """Kept questions and answers, as the filters kept them, and each cell's questions."""
         history = History()
-        for pair in self.pairs:
-            history.questions.append((question_id(pair.task, pair.theme, pair.question), pair.question))
-            history.answers.append((pair.id, pair.answer))
-            history.by_cell.setdefault((pair.task, pair.theme), []).append(pair.question)
-        for item in self.dropped:
-            if item.stage in ("answer", "evaluation") and item.question:
-                history.questions.append((question_id(item.task, item.theme, item.question), item.question))
-            if item.stage == "evaluation":
-                history.answers.append((item.id, item.text))
+        for record in [*self.pairs, *self.dropped]:
+            history.keep(record)
         return history
 
     def counts(self) -> Counts:

@@ -18,7 +18,9 @@ holds the job's kept sets, so the greedy decisions are consistent across workers
 when the cell is done. A worker that dies is restarted and its unfinished cells are run again:
 the owner remembers each decision by (cell, item id, occurrence), so an item offered again by the
 retry gets the answer it got before instead of being dropped as a duplicate of itself, and the
-records of the lost attempt were never delivered: nothing is lost or written twice.
+records of the lost attempt were never delivered: nothing is lost or written twice. If the owner
+itself dies, its kept sets are rebuilt from the history and every record delivered so far, and
+the cells that were running are run again on the new owner (their records had not been delivered).
 
 Every node needs qasynth with its `ray` extra, R and bubblewrap (`scripts/setup.sh`).
 """
@@ -52,6 +54,7 @@ ACTOR_RESTARTS = 4
 BATCH = 16  # snippets per actor call
 BATCHES_PER_WORKER = 2  # batches in flight per R worker of a node
 CELLS_IN_FLIGHT = 8  # cells a generation worker runs at once
+OWNER_RESTARTS = 3  # dedup owners a generation job may rebuild
 
 
 def ray_module() -> Any:
@@ -165,6 +168,9 @@ class _DedupOwner:
     def stats(self) -> dict[str, int]:
         return {"decided": len(self.decided), "repeated": self.repeated}
 
+    def pid(self) -> int:
+        return os.getpid()
+
 
 class _Owned:
     """One filter of a cell's pipeline run, asking the owner. `key` numbers the offers of one id
@@ -234,6 +240,7 @@ class RayRunner:
         self.workers_per_actor: list[int] = []
         self.generators: list[Any] = []
         self.owner: Any = None
+        self.owner_restarts = 0
         self.stats = BlockStats()
         self._describe: dict[str, str] = {}
 
@@ -307,70 +314,22 @@ class RayRunner:
             self.actors.append(actor)
             self.workers_per_actor.append(self.settings.eval_workers or cpus)
 
-    async def generate(self, job: Job, *, history: History | None = None) -> AsyncIterator[Event]:
-        """Cells over the generation workers, a few at a time each; each cell's records as it ends."""
-        history = history or History()
-        started = time.perf_counter()
-        spec = job.spec
+    def _start_owner(self, spec: Spec, kept: History) -> Any:
         existing = [(item.id, item.text) for item in spec.dedup.existing]
-        self.owner = (
+        return (
             self._ray.remote(_DedupOwner)
             .options(num_cpus=0, max_restarts=0)
             .remote(
-                spec.dedup.threshold,
-                spec.dedup.tokenizer,
-                existing + history.questions,
-                existing + history.answers,
+                spec.dedup.threshold, spec.dedup.tokenizer, existing + kept.questions, existing + kept.answers
             )
         )
-        if not self.generators:
-            self.generators = [actor for actor, _ in self._per_node(_GenerateWorker)]
-        self._describe = {"runner": self.name, "workers": str(len(self.generators))}
-        spec_ref = [self._ray.put(spec)]
-        waiting = deque(job.cells)
-        load = [0] * len(self.generators)
-        running: dict[asyncio.Future[Any], int] = {}
-        parts, usage = [], Usage()
 
-        def send() -> None:
-            while waiting:
-                w = min(range(len(load)), key=load.__getitem__)
-                if load[w] >= CELLS_IN_FLIGHT:
-                    return
-                cell = waiting.popleft()
-                earlier = history.by_cell.get((cell.task, cell.theme), [])
-                ref = self.generators[w].run_cell.remote(spec_ref, cell, earlier, self.owner)
-                running[asyncio.ensure_future(_result(ref))] = w
-                load[w] += 1
-
-        send()
+    async def _owner_alive(self) -> bool:
         try:
-            while running:
-                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for future in finished:
-                    load[running.pop(future)] -= 1
-                    try:
-                        events = future.result()
-                    except self._ray.exceptions.RayError as exc:
-                        raise RunnerUnavailable(
-                            f"a generation worker failed beyond its retries: {exc}", field="ray"
-                        ) from None
-                    for event in events:
-                        if isinstance(event, Done):
-                            parts.append(event.counts)
-                            usage = usage + event.usage
-                        else:
-                            yield event
-                send()
-        finally:
-            for future in running:
-                future.cancel()
-        yield Done(
-            counts=add_counts(parts),
-            usage=usage,
-            elapsed_s=round(time.perf_counter() - started, 3),
-            spec_sha256=job.spec_sha256,
-        )
+            await self.owner.stats.remote()
+        except self._ray.exceptions.RayError:
+            return False
+        return True
 
     async def evaluate(self, items: Iterable[EvalItem]) -> AsyncIterator[Evaluation]:
         if not self.actors:
@@ -407,6 +366,84 @@ class RayRunner:
         while in_flight:
             for evaluation in await receive():
                 yield evaluation
+
+    async def generate(self, job: Job, *, history: History | None = None) -> AsyncIterator[Event]:
+        """Cells over the generation workers, a few at a time each; each cell's records as it ends."""
+        history = history or History()
+        started = time.perf_counter()
+        spec = job.spec
+        # What the owner must hold: the history, then every record delivered (a new owner starts from it).
+        kept = History(questions=list(history.questions), answers=list(history.answers))
+        self.owner = self._start_owner(spec, kept)
+        if not self.generators:
+            self.generators = [actor for actor, _ in self._per_node(_GenerateWorker)]
+        self._describe = {"runner": self.name, "workers": str(len(self.generators))}
+        spec_ref = [self._ray.put(spec)]
+        waiting = deque(job.cells)
+        load = [0] * len(self.generators)
+        running: dict[asyncio.Future[Any], tuple[int, Cell]] = {}
+        parts, usage = [], Usage()
+        dead = False  # the owner died: no cell starts until every cell it served has ended
+
+        def send() -> None:
+            while waiting and not dead:
+                w = min(range(len(load)), key=load.__getitem__)
+                if load[w] >= CELLS_IN_FLIGHT:
+                    return
+                cell = waiting.popleft()
+                earlier = history.by_cell.get((cell.task, cell.theme), [])
+                ref = self.generators[w].run_cell.remote(spec_ref, cell, earlier, self.owner)
+                running[asyncio.ensure_future(_result(ref))] = (w, cell)
+                load[w] += 1
+
+        send()
+        try:
+            while running:
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for future in finished:
+                    w, cell = running.pop(future)
+                    load[w] -= 1
+                    try:
+                        events = future.result()
+                    except self._ray.exceptions.RayError as exc:
+                        if not dead and not await self._owner_alive():
+                            if self.owner_restarts == OWNER_RESTARTS:
+                                raise RunnerUnavailable(
+                                    f"the dedup owner died {OWNER_RESTARTS + 1} times: {exc}", field="ray"
+                                ) from None
+                            dead = True
+                        if dead:  # the cell lost its owner: it runs again on the next one
+                            waiting.appendleft(cell)
+                            continue
+                        raise RunnerUnavailable(
+                            f"a generation worker failed beyond its retries: {exc}", field="ray"
+                        ) from None
+                    for event in events:
+                        if isinstance(event, Done):
+                            parts.append(event.counts)
+                            usage = usage + event.usage
+                            continue
+                        if isinstance(event, PairReady):
+                            kept.keep(event.pair)
+                        elif isinstance(event, Dropped):
+                            kept.keep(event.item)
+                        yield event
+                if dead and not running:
+                    # Every cell the dead owner served has ended, and what they delivered is in
+                    # `kept`: the new owner starts from exactly the records written so far.
+                    self.owner_restarts += 1
+                    self.owner = self._start_owner(spec, kept)
+                    dead = False
+                send()
+        finally:
+            for future in running:
+                future.cancel()
+        yield Done(
+            counts=add_counts(parts),
+            usage=usage,
+            elapsed_s=round(time.perf_counter() - started, 3),
+            spec_sha256=job.spec_sha256,
+        )
 
     def describe(self) -> dict[str, str]:
         return dict(self._describe) or {"runner": self.name}

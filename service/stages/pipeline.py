@@ -120,6 +120,19 @@ class History:
     answers: list[tuple[str, str]] = field(default_factory=list)
     by_cell: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
+    def keep(self, record: Pair | ItemDropped) -> None:
+        """Add what a record's filters kept: a question that reached its answer (returned, or
+        dropped at the answer or the evaluation), an answer that reached the evaluation."""
+        if isinstance(record, Pair):
+            self.questions.append((question_id(record.task, record.theme, record.question), record.question))
+            self.answers.append((record.id, record.answer))
+            self.by_cell.setdefault((record.task, record.theme), []).append(record.question)
+            return
+        if record.stage in ("answer", "evaluation") and record.question:
+            self.questions.append((question_id(record.task, record.theme, record.question), record.question))
+        if record.stage == "evaluation":
+            self.answers.append((record.id, record.text))
+
 
 class KeepOrDrop(Protocol):
     """One greedy filter's decisions: kept, and if not, the nearest kept id and its score."""

@@ -1,5 +1,6 @@
-"""The runners on a real local Ray cluster (2 CPUs): exact distributed dedup, and an evaluation that
-survives its actor being killed."""
+"""The runners on a real local Ray cluster (2 CPUs): exact distributed dedup, an evaluation that
+survives its actor being killed, and generation with the accounting and pairs of /v1/generate that
+survives its worker or its dedup owner being killed."""
 
 from __future__ import annotations
 
@@ -13,11 +14,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from litestar.testing import AsyncTestClient
 
+from service.app import create_app
+from service.providers.registry import ProviderRegistry
 from service.runners import EvalItem, InProcessRunner
 from service.settings import Settings
 from service.stages.dedup import deduplicate
+from service.stages.pipeline import collect, run_job
+from service.stages.spec import resolve_spec
+from service.wire.generate import Done, PairReady, Spec
+from tests.commands.test_cli_generate import env_for, first_two_alike
+from tests.conftest import settings_for
+from tests.fakes.llm_server import FakeLLMServer
 
 ray = pytest.importorskip("ray")
 from service.runners.cluster import RayRunner  # noqa: E402
@@ -154,13 +165,6 @@ def cell_key(cell: dict[str, Any]) -> tuple[Any, ...]:
 async def test_generation_on_ray_gives_the_accounting_and_pairs_of_the_api(
     cluster: str, tmp_path: Path
 ) -> None:
-    from litestar.testing import AsyncTestClient
-
-    from service.app import create_app
-    from tests.commands.test_cli_generate import env_for, first_two_alike
-    from tests.conftest import settings_for
-    from tests.fakes.llm_server import FakeLLMServer
-
     spec = generate_spec(evaluation={"enabled": True, "on_failure": "flag"})
     (tmp_path / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     out = tmp_path / "pairs.jsonl"
@@ -193,19 +197,14 @@ async def test_generation_on_ray_gives_the_accounting_and_pairs_of_the_api(
     )
 
 
-async def test_generation_survives_its_worker_being_killed(cluster: str) -> None:
-    import msgspec
+async def actor_pid(handle: Any) -> int:
+    return int(await handle.pid.remote())
 
-    from service.stages.pipeline import collect, run_job
-    from service.stages.spec import resolve_spec
-    from service.wire.generate import Done, PairReady, Spec
-    from tests.commands.test_cli_generate import first_two_alike
-    from tests.conftest import settings_for
-    from tests.fakes.llm_server import FakeLLMServer
 
+@pytest.mark.parametrize("victim", ["worker", "owner"])
+async def test_generation_survives_an_actor_being_killed(cluster: str, victim: str) -> None:
     themes = [{"id": f"t{i}", "description": f"statistics topic number {i}"} for i in range(12)]
-    spec = msgspec.convert(generate_spec(themes=themes), Spec)
-    job = resolve_spec(spec)
+    job = resolve_spec(msgspec.convert(generate_spec(themes=themes), Spec))
     with FakeLLMServer(reply=first_two_alike, latency_s=0.2) as server:
         settings = settings_for(server, sandbox="none")
         runner = RayRunner.connect(settings)
@@ -214,31 +213,34 @@ async def test_generation_survives_its_worker_being_killed(cluster: str) -> None
             async for event in runner.generate(job):
                 if isinstance(event, PairReady):
                     pairs.append(event.pair)
-                    if len(pairs) == 3:  # one cell done, others in flight on the worker
-                        killed = await runner.generators[0].pid.remote()
+                    if len(pairs) == 3:  # one cell done, the others in flight
+                        target = runner.generators[0] if victim == "worker" else runner.owner
+                        killed = await actor_pid(target)
                         os.kill(killed, signal.SIGKILL)
                 elif isinstance(event, Done):
                     done = event
-            now = await runner.generators[0].pid.remote()
+            now = await actor_pid(runner.generators[0] if victim == "worker" else runner.owner)
             owner = await runner.owner.stats.remote()
+            restarts = runner.owner_restarts
         finally:
             await runner.aclose()
-
-        from service.providers.registry import ProviderRegistry
-
         providers = ProviderRegistry(settings)
         try:
             local = await collect(run_job(job, providers.get("openai"), evaluate=None))
         finally:
             await providers.aclose()
-    assert killed and now != killed  # the worker really died and Ray started another
-    assert owner["repeated"] > 0  # the retried cells asked again and got the earlier answers
+    assert killed and now != killed  # the actor really died, and another does its work
+    if victim == "worker":
+        assert owner["repeated"] > 0  # the retried cells asked again and got the earlier answers
+        assert restarts == 0
+    else:
+        assert restarts == 1
     assert done is not None
     ids = [p.id for p in pairs]
     assert len(ids) == len(set(ids)) == 36  # nothing lost, nothing twice
     for cell in done.counts.cells:
         assert cell.requested == 3 == cell.returned + cell.failed and cell.failed == 0
-    # The same pairs as one process makes of the job (the fake answers the same prompt the same way).
+    # The same pairs and drops as one process makes of the job (the fake answers a prompt the same way).
     assert sorted(ids) == sorted(p.id for p in local.pairs)
     assert done.counts.returned == local.counts.returned == 36
     assert sum(c.dropped for c in done.counts.cells) == sum(c.dropped for c in local.counts.cells) == 12
