@@ -153,9 +153,10 @@ class Problems:
             self._file.close()
 
 
-def resume_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The results an earlier run wrote, in order. A last line cut off by a crash is removed from
-    the file, so appending continues cleanly; any other line that is not a JSON object is an error."""
+def resume_records(path: Path, kind: type | None = None) -> Iterator[Any]:
+    """The results an earlier run wrote, in order: JSON objects with an id, or records of the wire
+    type `kind`. A last line cut off by a crash is removed from the file, so appending continues
+    cleanly; any other line that is not such a result is an error."""
     if not path.exists():
         return
     with path.open("rb+") as fh:
@@ -165,10 +166,10 @@ def resume_records(path: Path) -> Iterator[dict[str, Any]]:
                 fh.truncate(data_end)
                 return
             try:
-                value = msgspec.json.decode(line)
-            except msgspec.DecodeError:
+                value = msgspec.json.decode(line) if kind is None else msgspec.json.decode(line, type=kind)
+            except (msgspec.DecodeError, msgspec.ValidationError):
                 value = None
-            if not isinstance(value, dict) or "id" not in value:
+            if value is None or (kind is None and (not isinstance(value, dict) or "id" not in value)):
                 raise JobError(f"{path}:{n} is not a result of this job; choose another -o or pass --restart")
             data_end += len(line)
             yield value

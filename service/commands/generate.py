@@ -25,10 +25,8 @@ import asyncio
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import msgspec
 
@@ -39,6 +37,7 @@ from service.commands._files import (
     add_common_arguments,
     console,
     progress_bar,
+    resume_records,
     show_progress,
 )
 from service.errors import QasynthError
@@ -61,9 +60,8 @@ from service.wire.generate import (
     Spec,
 )
 
-__all__ = ["Earlier", "load_job", "read_earlier", "register", "run"]
+__all__ = ["Earlier", "load_job", "register", "run"]
 
-R = TypeVar("R", Pair, ItemDropped, ItemFailed)
 _AT = re.compile(r" - at `\$\.?([^`]*)`")
 
 
@@ -89,27 +87,6 @@ def load_job(path: Path) -> Job:
         ) from None
 
 
-def read_earlier(path: Path, kind: type[R]) -> Iterator[R]:
-    """The records an earlier run wrote. A last line cut off by a crash is removed from the file,
-    so appending continues cleanly; any other line that is not such a record is an error."""
-    if not path.exists():
-        return
-    with path.open("rb+") as fh:
-        end = 0
-        for n, line in enumerate(fh, 1):
-            if not line.endswith(b"\n"):
-                fh.truncate(end)
-                return
-            try:
-                record = msgspec.json.decode(line, type=kind)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise JobError(
-                    f"{path}:{n} is not a record of this job ({exc}); choose another -o or pass --restart"
-                ) from None
-            end += len(line)
-            yield record
-
-
 @dataclass
 class Earlier:
     """What the output files already hold, per cell, and what follows from it for the rest of the job."""
@@ -121,9 +98,9 @@ class Earlier:
     @classmethod
     def read(cls, job: Job, paths: tuple[Path, Path, Path]) -> Earlier:
         earlier = cls(
-            list(read_earlier(paths[0], Pair)),
-            list(read_earlier(paths[1], ItemDropped)),
-            list(read_earlier(paths[2], ItemFailed)),
+            list(resume_records(paths[0], Pair)),
+            list(resume_records(paths[1], ItemDropped)),
+            list(resume_records(paths[2], ItemFailed)),
         )
         grid = {(c.task, c.theme): c.count for c in job.cells}
         held: Counter[tuple[str, str]] = Counter()

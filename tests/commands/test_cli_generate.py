@@ -261,7 +261,7 @@ def test_files_of_another_spec_are_refused(tmp_path: Path) -> None:
         assert out.read_bytes() == before
         (tmp_path / "pairs.dropped.jsonl").write_text('{"not": "a drop"}\n', encoding="utf-8")
         done = generate(server, str(a), "-o", str(out))
-        assert done.returncode == 2 and "pairs.dropped.jsonl:1 is not a record of this job" in done.stderr
+        assert done.returncode == 2 and "pairs.dropped.jsonl:1 is not a result of this job" in done.stderr
         again = generate(server, str(b), "-o", str(out), "--restart")
         assert again.returncode == 0, again.stderr
     assert {p["locale"] for p in read_jsonl(out)} == {"ja"}
