@@ -15,6 +15,10 @@ loses its slot. When a cell ends, what it still misses is failed with `cell_budg
 per cell `requested = returned + failed`, and every drop is listed besides.
 
 `run_job` yields events as they happen; `collect` folds them into the non-streaming response.
+A job may continue an earlier one (`History`: what it already returned, kept out of the new
+questions and answers, and counted towards its cells) and may take its keep-or-drop decisions
+from elsewhere (`decide`, a dedup owner shared by the workers of a cluster); `add_counts` sums
+the counts of jobs that together make one.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -84,7 +88,7 @@ from service.wire.generate import (
     StepProvenance,
 )
 
-__all__ = ["collect", "pair_id", "question_id", "run_job"]
+__all__ = ["Decide", "History", "KeepOrDrop", "add_counts", "collect", "pair_id", "question_id", "run_job"]
 
 T = TypeVar("T")
 
@@ -106,23 +110,69 @@ def pair_id(task: str, theme: str, question: str, answer: str) -> str:
     return "p-" + _digest(task, theme, question, answer)
 
 
+@dataclass
+class History:
+    """What earlier runs of the same job returned: kept questions and answers (id, text), which the
+    filters keep after `dedup.existing` and before anything new, and each cell's questions, which
+    its prompts avoid and its diversity counts."""
+
+    questions: list[tuple[str, str]] = field(default_factory=list)
+    answers: list[tuple[str, str]] = field(default_factory=list)
+    by_cell: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def keep(self, record: Pair | ItemDropped) -> None:
+        """Add what a record's filters kept: a question that reached its answer (returned, or
+        dropped at the answer or the evaluation), an answer that reached the evaluation."""
+        if isinstance(record, Pair):
+            self.questions.append((question_id(record.task, record.theme, record.question), record.question))
+            self.answers.append((record.id, record.answer))
+            self.by_cell.setdefault((record.task, record.theme), []).append(record.question)
+            return
+        if record.stage in ("answer", "evaluation") and record.question:
+            self.questions.append((question_id(record.task, record.theme, record.question), record.question))
+        if record.stage == "evaluation":
+            self.answers.append((record.id, record.text))
+
+
+class KeepOrDrop(Protocol):
+    """One greedy filter's decisions: kept, and if not, the nearest kept id and its score."""
+
+    async def offer(self, item_id: str, text: str) -> tuple[bool, str | None, float | None]: ...
+
+
+Decide = Callable[[Literal["question", "answer"]], KeepOrDrop]
+"""The filter for questions or answers, when another owner holds the kept set (a cluster's)."""
+
+
 class _Filter:
     """A Deduplicator behind its own single thread: CPU work leaves the event loop, and the
     one thread keeps offers in arrival order, which is the greedy filter's order. It also
-    scores a text against the few-shot questions, which are never kept in the filter."""
+    scores a text against the few-shot questions, which are never kept in the filter.
+    With `owner`, the keep-or-drop decisions are that owner's; it holds the history itself."""
 
-    def __init__(self, job: Job, *, enabled: bool, examples: list[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        job: Job,
+        *,
+        enabled: bool,
+        examples: list[tuple[str, str]] | None = None,
+        history: list[tuple[str, str]] | None = None,
+        owner: KeepOrDrop | None = None,
+    ) -> None:
         self.enabled = enabled
         self.threshold = job.spec.dedup.threshold
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup")
         self._dedup = Deduplicator(threshold=job.spec.dedup.threshold, tokenizer=job.spec.dedup.tokenizer)
         self._seeded = False
-        self._existing = [(item.id, item.text) for item in job.spec.dedup.existing]
+        self._existing = [(item.id, item.text) for item in job.spec.dedup.existing] + list(history or [])
         self._examples = list(examples or [])
+        self._owner = owner
 
     async def offer(self, item_id: str, text: str) -> tuple[bool, str | None, float | None]:
         if not self.enabled:
             return True, None, None
+        if self._owner is not None:
+            return await self._owner.offer(item_id, text)
         loop = asyncio.get_running_loop()
         if not self._seeded:
             self._seeded = True
@@ -191,8 +241,11 @@ class _Run:
         *,
         retries: int,
         emit: Callable[[Event], None],
+        history: History | None = None,
+        decide: Decide | None = None,
     ) -> None:
         self.job = job
+        self.history = history or History()
         self.provider = provider
         self.sandbox = sandbox
         self.retries = retries
@@ -206,8 +259,19 @@ class _Run:
         self.usage = Usage()
         self.rejected: ProviderRejected | None = None
         examples = [(f"few-shot:{i}", e.question) for i, e in enumerate(job.few_shot)]
-        self.q_filter = _Filter(job, enabled=job.spec.dedup.questions, examples=examples)
-        self.a_filter = _Filter(job, enabled=job.spec.dedup.answers)
+        self.q_filter = _Filter(
+            job,
+            enabled=job.spec.dedup.questions,
+            examples=examples,
+            history=self.history.questions,
+            owner=decide("question") if decide else None,
+        )
+        self.a_filter = _Filter(
+            job,
+            enabled=job.spec.dedup.answers,
+            history=self.history.answers,
+            owner=decide("answer") if decide else None,
+        )
         self.tg: asyncio.TaskGroup | None = None
 
     def close(self) -> None:
@@ -236,6 +300,10 @@ class _Run:
         self.ledgers.append(ledger)
         policy = policy_for(task.id, task.kind, self.job.spec.evaluation.policy)
         c = _Cell(cell=cell, task=task, theme=theme, policy=policy, ledger=ledger)
+        earlier = self.history.by_cell.get((cell.task, cell.theme), [])
+        c.asked += earlier
+        c.kept_questions += earlier
+        c.returned_questions += earlier
         if self.rejected is not None:
             ledger.stop()
         self.emit(CellStarted(task=cell.task, theme=cell.theme, count=cell.count))
@@ -713,46 +781,94 @@ class _Run:
             c.ledger.failed(slot)
 
     def totals(self) -> Counts:
-        cells = list(self.cells.values())
-        checks: Counter[tuple[str, bool]] = Counter()
-        for cell in cells:
-            for name, count in cell.checks.items():
-                checks[(name, True)] += count.passed
-                checks[(name, False)] += count.failed
-        names = sorted({n for n, _ in checks})
-        return msgspec.structs.replace(
-            self.counts,
-            calls=sum(x.calls for x in cells),
-            top_up_calls=sum(x.top_up_calls for x in cells),
-            repaired=sum(x.repaired for x in cells),
-            repair_calls=sum(x.repair_calls for x in cells),
-            checks={
-                n: CheckCount(
-                    passed=checks[(n, True)],
-                    failed=checks[(n, False)],
-                    pass_rate=round(checks[(n, True)] / (checks[(n, True)] + checks[(n, False)]), 4),
-                )
-                for n in names
-            },
-            cells=cells,
+        return _with_cells(self.counts, list(self.cells.values()))
+
+
+def _check_counts(parts: list[dict[Any, CheckCount]]) -> dict[Any, CheckCount]:
+    checks: Counter[tuple[str, bool]] = Counter()
+    for part in parts:
+        for name, count in part.items():
+            checks[(name, True)] += count.passed
+            checks[(name, False)] += count.failed
+    return {
+        n: CheckCount(
+            passed=checks[(n, True)],
+            failed=checks[(n, False)],
+            pass_rate=round(checks[(n, True)] / (checks[(n, True)] + checks[(n, False)]), 4),
         )
+        for n in sorted({n for n, _ in checks})
+    }
+
+
+def _with_cells(counts: Counts, cells: list[CellCount]) -> Counts:
+    """The job's totals: its stage counts, and what its cells' ledgers sum to."""
+    return msgspec.structs.replace(
+        counts,
+        calls=sum(x.calls for x in cells),
+        top_up_calls=sum(x.top_up_calls for x in cells),
+        repaired=sum(x.repaired for x in cells),
+        repair_calls=sum(x.repair_calls for x in cells),
+        checks=_check_counts([x.checks for x in cells]),
+        cells=cells,
+    )
+
+
+_CELL_SUMS = (
+    "requested", "returned", "dropped", "failed", "flagged", "calls", "budget", "top_up_calls",
+    "repaired", "repair_calls",
+)  # fmt: skip
+_STAGE_SUMS = (
+    "requested", "questions_generated", "questions_dropped", "answers_generated", "answers_dropped",
+    "evaluation_dropped", "flagged", "failed", "returned",
+)  # fmt: skip
+
+
+def add_counts(parts: list[Counts]) -> Counts:
+    """The counts of one job run in parts (cells spread over workers, or a job continued after an
+    interruption): a cell that appears in several parts is summed, and keeps the diversity of its
+    last part, which saw all of its questions."""
+    cells: dict[tuple[str, str], CellCount] = {}
+    for part in parts:
+        for cell in part.cells:
+            key = (cell.task, cell.theme)
+            if key not in cells:
+                cells[key] = cell
+                continue
+            old = cells[key]
+            cells[key] = msgspec.structs.replace(
+                old,
+                **{f: getattr(old, f) + getattr(cell, f) for f in _CELL_SUMS},  # type: ignore[arg-type]
+                checks=_check_counts([old.checks, cell.checks]),
+                diversity=cell.diversity if cell.diversity is not None else old.diversity,
+            )
+    stages = Counts(**{f: sum(getattr(p, f) for p in parts) for f in _STAGE_SUMS})  # type: ignore[arg-type]
+    return _with_cells(stages, list(cells.values()))
 
 
 _END = object()
 
 
 def run_job(
-    job: Job, provider: Provider, *, evaluate: Sandbox | None, retries: int = 2
+    job: Job,
+    provider: Provider,
+    *,
+    evaluate: Sandbox | None,
+    retries: int = 2,
+    history: History | None = None,
+    decide: Decide | None = None,
 ) -> AsyncIterator[Event]:
     """Events as items progress; the last is `Done`. Closing the iterator cancels the job.
 
     `evaluate` is the sandbox (`stages.evaluate.answer_evaluator(runner)`), or None when
     evaluation is off: then only the checks that need no R run. Not itself a generator:
     templates are loaded and checked here, at the call, so a bad override is a 400 before a
-    streamed response has started.
+    streamed response has started. `history` continues an earlier run of the job (its cells are
+    then what is still missing); `decide` takes the dedup decisions from a shared owner.
     """
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    run = _Run(job, provider, evaluate, retries=retries, emit=queue.put_nowait)
+    run = _Run(
+        job, provider, evaluate, retries=retries, emit=queue.put_nowait, history=history, decide=decide
+    )
     return _events(job, run, queue)
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "bug_that_does_not_bite",
     "copy_of",
     "default_reply",
+    "deterministic_reply",
     "step_of",
     "tokens_of",
     "without_code",
@@ -85,6 +86,17 @@ def default_reply(system: str, user: str) -> str:
     return _DEFAULTS[step_of(system, user)](system, user)
 
 
+def deterministic_reply(system: str, user: str) -> str:
+    """As `default_reply`, but the same prompt always gets the same reply (questions and scripts
+    too), so two runs that send the same prompts get the same pairs."""
+    step = step_of(system, user)
+    if step == "questions":
+        return _questions(system, user, fixed=True)
+    if step == "snippet":
+        return _snippet(system, user, fixed=True)
+    return _DEFAULTS[step](system, user)
+
+
 # ---- Scripted replies for the pipeline's steps ---------------------------------------------------
 # Each step of the pipeline is recognised by its prompt (`step_of`) and gets a usable reply by
 # default: questions under `### Qn` headings; for explain/fix, a runnable script, a bug that makes it
@@ -125,10 +137,10 @@ def _code_in(text: str) -> str:
     return m.group(1) if m else ""
 
 
-def _questions(system: str, user: str) -> str:
+def _questions(system: str, user: str, *, fixed: bool = False) -> str:
     m = re.search(r"Write (\d+) new", user) or re.search(r"新しい問題を (\d+) 個", user)
     count = int(m.group(1)) if m else 1
-    rng = _rng(user, str(time.perf_counter_ns()))
+    rng = _rng(user) if fixed else _rng(user, str(time.perf_counter_ns()))
     japanese = _japanese(user)
     joiner = "" if japanese else " "
     blocks = []
@@ -138,9 +150,9 @@ def _questions(system: str, user: str) -> str:
     return "\n\n".join(blocks)
 
 
-def _snippet(system: str, user: str) -> str:
+def _snippet(system: str, user: str, *, fixed: bool = False) -> str:
     """A runnable script: random names, numbers and a comment, so scripts of a cell differ."""
-    rng = _rng(user, str(time.perf_counter_ns()))
+    rng = _rng(user) if fixed else _rng(user, str(time.perf_counter_ns()))
     n, mean, sd = rng.randint(6, 30), rng.randint(10, 90), rng.randint(1, 9)
     name = rng.choice(["scores", "weights", "times", "doses", "yields", "heights", "counts", "ranks"])
     name += "_" + rng.choice(WORDS)
