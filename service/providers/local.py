@@ -289,9 +289,18 @@ class LocalProvider:
         latency_ms = (time.perf_counter() - started) * 1000
         if not response.choices:
             raise ProviderUnavailable("the local model returned no choices", provider=self.name)
+        usage = _usage(response)
+        log.debug(
+            "slot %d: %d prompt tokens (%d cached), %d output tokens in %.1f s",
+            slot,
+            usage.input_tokens,
+            usage.cached_tokens,
+            usage.output_tokens,
+            latency_ms / 1000,
+        )
         return _Reply(
             text=response.choices[0].message.content or "",
-            usage=_usage(response),
+            usage=usage,
             latency_ms=latency_ms,
             finish_reason=response.choices[0].finish_reason,
         )
@@ -319,7 +328,8 @@ class LocalProvider:
     async def _restore(self, slot: int, key: str) -> None:
         filename = self._snapshots.get(key)
         if filename and not await self._slot_action(slot, "restore", filename):
-            self._snapshots[key] = None  # the call evaluates its prompt itself, as do later ones
+            # This call evaluates its prompt itself; the next new call saves a snapshot again.
+            self._snapshots.pop(key, None)
 
     def _remember(self, key: str, filename: str | None) -> None:
         self._snapshots[key] = filename
