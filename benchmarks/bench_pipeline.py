@@ -111,6 +111,8 @@ async def qasynth(server: Any, pairs: int, concurrency: int) -> tuple[float, int
         "OPENAI_API_KEY": "x",
         "OPENAI_BASE_URL": server.openai_base_url,
         "QASYNTH_CONCURRENCY": str(concurrency),
+        # The fake never rate-limits, so an adaptive lane would grow past C: hold it at C, as the others.
+        "QASYNTH_CONCURRENCY_MAX": str(concurrency),
         "QASYNTH_MAX_RETRIES": "0",
     }
     proc = await asyncio.create_subprocess_exec(

@@ -1,4 +1,4 @@
-"""Command line: `python -m service [serve|demo|prepare-model|openapi|export|import-review]`.
+"""Command line: `python -m service [serve|demo|prepare-model|openapi|export|import-review|keygen]`.
 
 `serve` (the default) runs the HTTP service. `demo` starts it on a free loopback
 port, sends a small spec and prints the pairs as they are produced, which is the
@@ -10,34 +10,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import socket
+import os
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from litestar import Litestar
+from service.server import serve_in_background
 
 __all__ = ["main", "serve_in_background"]
-
-
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from service.app import create_app
-    from service.settings import Settings
-
-    settings = Settings.from_env()
-    uvicorn.run(
-        create_app(settings),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        log_level=args.log_level,
-    )
-    return 0
 
 
 def _openapi(args: argparse.Namespace) -> int:
@@ -67,29 +48,6 @@ def _prepare_model(args: argparse.Namespace) -> int:
     model = _gguf.ensure_model(packaged)
     print(f"{model.model_id}: {model.path} ({model.size:,} bytes, sha256 {model.sha256[:12]}… verified)")
     return 0
-
-
-@contextlib.contextmanager
-def serve_in_background(app: Litestar) -> Iterator[str]:
-    """Run `app` under uvicorn on a free loopback port, in a thread; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the service failed to start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def _print_pair(pair: dict, out: object) -> None:
@@ -136,7 +94,8 @@ def _demo(args: argparse.Namespace) -> int:
             from service.settings import Settings
 
             url = stack.enter_context(serve_in_background(create_app(Settings.from_env())))
-        ready = httpx.get(f"{url}/ready", timeout=120).json()
+        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        ready = httpx.get(f"{url}/ready", headers=headers, timeout=120).json()
         print(
             f"qasynth at {url}: default provider {ready['default_provider']}, "
             f"sandbox {ready['sandbox'].get('mode', '?')} ({ready['sandbox'].get('status')})",
@@ -147,7 +106,7 @@ def _demo(args: argparse.Namespace) -> int:
             "POST",
             f"{url}/v1/generate",
             json=spec,
-            headers={"Accept": "application/x-ndjson"},
+            headers={**headers, "Accept": "application/x-ndjson"},
             timeout=httpx.Timeout(10, read=1800),
         ) as response:
             if response.status_code != 200:
@@ -182,14 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
 
-    serve = sub.add_parser("serve", help="run the HTTP service (default)")
-    serve.add_argument("--host", help="bind address (QASYNTH_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (QASYNTH_PORT, default 8000)")
-    serve.add_argument("--log-level", default="info")
-    serve.set_defaults(func=_serve)
+    from service.commands import serve
+
+    serve.register(sub)
 
     demo = sub.add_parser("demo", help="start the service, generate a small grid, print the pairs")
     demo.add_argument("--url", help="use a running service instead of starting one")
+    demo.add_argument(
+        "--api-key", default=os.environ.get("QASYNTH_API_KEY"), help="the key to send (QASYNTH_API_KEY)"
+    )
     demo.add_argument("--locale", default="en", choices=["en", "ja"])
     demo.add_argument("--tasks", default="explain,generate")
     demo.add_argument("--themes", default="mean-variance,hypothesis-tests")
@@ -205,10 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("-o", "--output", default="openapi/openapi.json")
     schema.set_defaults(func=_openapi)
 
-    from service.commands import export, import_review
+    from service.commands import export, import_review, keygen
 
     export.register(sub)
     import_review.register(sub)
+    keygen.register(sub)
     return parser
 
 

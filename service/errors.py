@@ -7,7 +7,10 @@
     │   ├── ProviderUnavailable     transport failures, 5xx and 429 after retries (502)
     │   └── ProviderRejected        the provider refused the request: bad key, unknown model (502)
     ├── LabelStudioFailed     a push to Label Studio was refused or could not connect (502)
-    └── SandboxUnavailable    the R sandbox cannot run at all (503)
+    ├── SandboxUnavailable    the R sandbox cannot run at all (503)
+    ├── Unauthenticated       no usable `Authorization: Bearer <key>` header (401)
+    ├── Forbidden             an unknown key, a key not allowed this route, a push target not allowed (403)
+    └── QuotaExceeded         the key's requests per minute or jobs in flight are used up (429)
 
 Expected outcomes are data, not exceptions: a duplicate, an unparsable model reply
 or an R error in an answer become dropped/failed items in the response.
@@ -16,6 +19,7 @@ or an R error in an answer become dropped/failed items in the response.
 from __future__ import annotations
 
 __all__ = [
+    "Forbidden",
     "InvalidInput",
     "LabelStudioFailed",
     "ProviderError",
@@ -23,7 +27,9 @@ __all__ = [
     "ProviderRejected",
     "ProviderUnavailable",
     "QasynthError",
+    "QuotaExceeded",
     "SandboxUnavailable",
+    "Unauthenticated",
 ]
 
 
@@ -37,6 +43,8 @@ class QasynthError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.field = field
+        # Response headers the status needs (WWW-Authenticate, Retry-After).
+        self.headers: dict[str, str] = {}
 
 
 class InvalidInput(QasynthError):
@@ -76,3 +84,32 @@ class LabelStudioFailed(QasynthError):
 class SandboxUnavailable(QasynthError):
     status_code = 503
     title = "R sandbox unavailable"
+
+
+class Unauthenticated(QasynthError):
+    """`error` is RFC 6750's code for the WWW-Authenticate challenge (None when no key was sent)."""
+
+    status_code = 401
+    title = "Authentication required"
+
+    def __init__(self, detail: str, *, error: str | None = None) -> None:
+        super().__init__(detail)
+        challenge = 'Bearer realm="qasynth"'
+        if error:
+            challenge += f', error="{error}"'
+        self.headers = {"WWW-Authenticate": challenge}
+
+
+class Forbidden(QasynthError):
+    status_code = 403
+    title = "Forbidden"
+
+
+class QuotaExceeded(QasynthError):
+    status_code = 429
+    title = "Quota exceeded"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+        self.headers = {"Retry-After": str(retry_after_s)}

@@ -45,6 +45,8 @@ def settings_for(server: FakeLLMServer, **overrides: object) -> Settings:
         "anthropic_base_url": server.anthropic_base_url,
         "default_provider": "openai",
         "max_retries": 2,
+        "retry_backoff_s": 0.05,
+        "breaker_cooldown_s": 0.2,
         "request_timeout_s": 5.0,
         "openai_model": "fake-gpt",
         "anthropic_model": "fake-claude",

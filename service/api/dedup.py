@@ -8,6 +8,7 @@ from typing import Any
 from litestar import post
 from litestar.params import JSONBody
 
+from service.api.problems import problems
 from service.errors import InvalidInput
 from service.stages.dedup import deduplicate
 from service.wire.dedup import MAX_DEDUP_TOTAL_CHARS, DedupRequest, DedupResponse, DedupResult
@@ -16,14 +17,12 @@ __all__ = ["routes"]
 
 
 def _check(data: DedupRequest) -> None:
-    """What msgspec's constraints cannot say: blank texts, repeated ids and the total size."""
+    """What msgspec's constraints cannot say: repeated ids and the total size."""
     seen: dict[str, str] = {}
     total = 0
     for name, items in (("existing", data.existing), ("items", data.items)):
         for i, item in enumerate(items):
             where = f"{name}[{i}]"
-            if not item.text.strip():
-                raise InvalidInput(f"{where}.text is blank", field=f"{where}.text")
             if item.id in seen:
                 raise InvalidInput(
                     f"duplicate id {item.id!r}: already used by {seen[item.id]}", field=f"{where}.id"
@@ -41,7 +40,9 @@ def _check(data: DedupRequest) -> None:
     "/v1/dedup",
     summary="Drop near-duplicates by ROUGE-L F1 (Self-Instruct/Alpaca greedy filter)",
     tags=["dedup"],
+    opt={"scope": "dedup", "job": True},
     status_code=200,
+    responses=problems(),
 )
 async def dedup(data: JSONBody[DedupRequest]) -> DedupResponse:
     """One result per item, in input order; `existing` is history, compared against but not reported."""

@@ -7,7 +7,9 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
-from service.api.problems import PROBLEM_400, problem_response
+from service.api.auth import Caller
+from service.api.openapi import at_least_one_of, documented
+from service.api.problems import problems
 from service.runtime import Runtime
 from service.stages.evaluate import check_request, evaluate_request
 from service.wire.evaluate import EvaluateRequest, EvaluateResponse
@@ -26,6 +28,8 @@ __all__ = ["routes"]
         "503 when the sandbox cannot run."
     ),
     tags=["evaluate"],
+    opt={"scope": "evaluate", "job": True},
+    operation_class=documented(body_rule=at_least_one_of("pairs", "snippets")),
     status_code=200,
     responses={
         200: ResponseSpec(
@@ -33,13 +37,14 @@ __all__ = ["routes"]
             description="The pairs with their evaluation, and the snippets' results",
             generate_examples=False,
         ),
-        400: PROBLEM_400,
-        503: problem_response("The R sandbox cannot run"),
+        **problems({503: "The R sandbox cannot run"}),
     },
 )
-async def evaluate(data: JSONBody[EvaluateRequest], runtime: NamedDependency[Runtime]) -> EvaluateResponse:
+async def evaluate(
+    data: JSONBody[EvaluateRequest], runtime: NamedDependency[Runtime], caller: NamedDependency[Caller]
+) -> EvaluateResponse:
     check_request(data)  # a bad request is a 400 before the sandbox is started
-    runner = await runtime.runner()
+    runner = caller.runner(await runtime.runner())
     return await evaluate_request(runner, data)
 
 

@@ -16,14 +16,17 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
+from service.api.auth import Caller
+from service.api.openapi import BINARY, TEXT, documented, only_with
+from service.api.problems import problems
 from service.errors import InvalidInput
 from service.runtime import Runtime
 from service.stages.evaluate import answer_evaluator
 from service.stages.export import (
+    check_target,
     export,
     import_review,
     label_config,
-    parse_export,
     push_to_label_studio,
 )
 from service.wire.export import (
@@ -32,9 +35,9 @@ from service.wire.export import (
     MAX_IMPORT_TASKS,
     ExportRequest,
     LeftOut,
-    LSExportTask,
     PushResult,
     ReviewImport,
+    ReviewTasks,
 )
 
 __all__ = ["routes"]
@@ -56,18 +59,32 @@ def _left_out(left_out: LeftOut) -> str:
         "only) the service imports the tasks into that project and answers with the counts."
     ),
     tags=["export"],
+    opt={"scope": "export", "job": True},
     status_code=200,
+    operation_class=documented(
+        body_rule=only_with("format", "label-studio", option="push"),
+        ok_media={
+            "application/jsonl": TEXT,
+            NDJSON: TEXT,
+            "application/vnd.apache.parquet": BINARY,
+            "text/markdown": TEXT,
+        },
+    ),
+    responses=problems({502: "Label Studio refused the push or could not be reached"}),
 )
-async def create_export(request: Request[Any, Any, Any], data: JSONBody[ExportRequest]) -> Response[Any]:
-    if data.format not in FORMATS:
-        raise InvalidInput(f"unknown format {data.format!r}; one of: {', '.join(FORMATS)}", field="format")
+async def create_export(
+    request: Request[Any, Any, Any], data: JSONBody[ExportRequest], runtime: NamedDependency[Runtime]
+) -> Response[Any]:
     if data.options.push is not None and data.format != "label-studio":
         raise InvalidInput("push works only with the label-studio format", field="options.push")
+    allowed = runtime.settings.label_studio_urls
+    if data.options.push is not None:
+        check_target(data.options.push, allowed)  # before the export is built
     result = await anyio.to_thread.run_sync(
         partial(export, data.format, data.pairs, data.reviews, data.options)
     )
     if data.options.push is not None:
-        pushed: PushResult = await push_to_label_studio(result, data.options.push)
+        pushed: PushResult = await push_to_label_studio(result, data.options.push, allowed_origins=allowed)
         return Response(pushed)
     headers = {
         "X-Qasynth-Exported": str(result.exported),
@@ -85,8 +102,10 @@ async def create_export(request: Request[Any, Any, Any], data: JSONBody[ExportRe
     "/v1/exports/label-studio/config",
     summary="The Label Studio labeling config matching label-studio exports",
     tags=["export"],
+    opt={"scope": "export"},
     media_type=MediaType.XML,
     sync_to_thread=False,
+    responses=problems({400: "Unknown locale"}, body=False),
 )
 def labelstudio_config(locale: FromQuery[Literal["ja", "en"]] = "en") -> str:
     return label_config(locale)
@@ -102,17 +121,18 @@ def labelstudio_config(locale: FromQuery[Literal["ja", "en"]] = "en") -> str:
         "sandbox unless `evaluate=false`), rejected, or skipped with the reason."
     ),
     tags=["export"],
+    opt={"scope": "export", "job": True},
     status_code=200,
+    responses=problems({503: "Corrected answers need re-evaluating and the R sandbox cannot run"}),
 )
 async def import_labelstudio(
-    request: Request[Any, Any, Any],
+    data: JSONBody[ReviewTasks],
     runtime: NamedDependency[Runtime],
+    caller: NamedDependency[Caller],
     evaluate: Annotated[bool, QueryParameter(description="Re-evaluate corrected answers in R")] = True,
 ) -> ReviewImport:
-    # Decoded here rather than by Litestar, so a malformed export names the task index and field.
-    tasks: list[LSExportTask] = parse_export(await request.body())
-    evaluate_fn = answer_evaluator(await runtime.runner()) if evaluate else None
-    return await import_review(tasks, evaluate=evaluate_fn)
+    evaluate_fn = answer_evaluator(caller.runner(await runtime.runner())) if evaluate else None
+    return await import_review(data, evaluate=evaluate_fn)
 
 
 routes = [create_export, labelstudio_config, import_labelstudio]

@@ -11,7 +11,9 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 from litestar.response import Stream
 
-from service.api.problems import PROBLEM_400, problem_response
+from service.api.auth import Caller
+from service.api.openapi import TEXT, documented
+from service.api.problems import problems
 from service.errors import ProviderRejected, ProviderUnavailable
 from service.runtime import Runtime
 from service.stages.evaluate import Evaluate, answer_evaluator
@@ -48,6 +50,8 @@ def _raise_if_provider_failed_everything(response: GenerateResponse, provider: s
         f"Send `Accept: {NDJSON}` to receive progress events, one JSON object per line, ending with `done`."
     ),
     tags=["generate"],
+    opt={"scope": "generate", "job": True},
+    operation_class=documented(ok_media={NDJSON: TEXT}),
     status_code=200,
     responses={
         200: ResponseSpec(
@@ -55,19 +59,17 @@ def _raise_if_provider_failed_everything(response: GenerateResponse, provider: s
             description="All pairs, dropped and failed items",
             generate_examples=False,
         ),
-        400: PROBLEM_400,
-        502: problem_response("The provider failed every call"),
-        503: problem_response("Evaluation asked for, sandbox unavailable"),
+        **problems({502: "The provider failed every call", 503: "Evaluation asked for, sandbox unavailable"}),
     },
 )
 async def generate(
-    data: JSONBody[Spec], request: Request, runtime: NamedDependency[Runtime]
+    data: JSONBody[Spec], request: Request, runtime: NamedDependency[Runtime], caller: NamedDependency[Caller]
 ) -> Response[GenerateResponse]:
     job = resolve_spec(data)
     provider = runtime.providers.get(data.model.provider)
     evaluate: Evaluate | None = None
     if data.evaluation.enabled:
-        evaluate = answer_evaluator(await runtime.runner())
+        evaluate = answer_evaluator(caller.runner(await runtime.runner()))
 
     events = run_job(job, provider, evaluate=evaluate, retries=runtime.settings.content_retries)
     if NDJSON in request.headers.get("accept", ""):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 
+from service.api.problems import problems
 from service.errors import SandboxUnavailable
+from service.providers.limiter import LaneState
 from service.runtime import Runtime
 
-__all__ = ["routes"]
+__all__ = ["open_routes", "routes"]
 
 
 class Health(msgspec.Struct):
@@ -17,12 +20,18 @@ class Health(msgspec.Struct):
 
 
 class Ready(msgspec.Struct):
-    """`ready` is true when R runs in the configured sandbox and the default provider is configured."""
+    """`ready` is true when R runs in the configured sandbox and the default provider is configured.
+
+    `lanes` shows each provider and model used so far: its concurrency limit, calls in flight and
+    queued, and its circuit breaker (`open` while calls wait for a probe). An open breaker does not
+    make the service unready: every replica shares the provider, so routing elsewhere would not help.
+    """
 
     ready: bool
     sandbox: dict[str, str]
     providers: dict[str, dict[str, str]]
     default_provider: str
+    lanes: list[LaneState] = []
 
 
 @get("/health", summary="Liveness: the process answers", tags=["health"], sync_to_thread=False)
@@ -30,7 +39,16 @@ def health_check() -> Health:
     return Health(status="ok")
 
 
-@get("/ready", summary="Readiness: R, the sandbox and the configured providers", tags=["health"])
+@get(
+    "/ready",
+    summary="Readiness: R, the sandbox and the configured providers",
+    description="Needs an API key when keys are configured: it tells how the service is set up.",
+    tags=["health"],
+    responses={
+        503: ResponseSpec(Ready, description="Not ready: the body says which part", generate_examples=False),
+        **problems(body=False),
+    },
+)
 async def ready(runtime: NamedDependency[Runtime]) -> Response[Ready]:
     try:
         runner = await runtime.runner()
@@ -42,8 +60,16 @@ async def ready(runtime: NamedDependency[Runtime]) -> Response[Ready]:
     providers = runtime.providers.describe()
     default = runtime.providers.default_name
     ok = sandbox_ok and providers[default]["configured"] == "true"
-    body = Ready(ready=ok, sandbox=sandbox, providers=providers, default_provider=default)
+    body = Ready(
+        ready=ok,
+        sandbox=sandbox,
+        providers=providers,
+        default_provider=default,
+        lanes=runtime.providers.lanes(),
+    )
     return Response(body, status_code=200 if ok else 503)
 
 
-routes = [health_check, ready]
+# /health needs no key (load balancers, the container's health check); /ready tells the configuration.
+open_routes = [health_check]
+routes = [ready]

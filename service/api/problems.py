@@ -26,6 +26,7 @@ __all__ = [
     "FieldError",
     "Problem",
     "problem_response",
+    "problems",
 ]
 
 log = logging.getLogger("qasynth")
@@ -60,9 +61,26 @@ def problem_response(description: str) -> ResponseSpec:
 
 PROBLEM_400 = problem_response("Invalid request; `field` names the culprit")
 
+# What every route behind the API key gate may answer besides its own statuses.
+_DESCRIPTIONS = {
+    400: "Invalid request; `field` names the culprit",
+    401: "No API key, or a malformed `Authorization` header; `WWW-Authenticate: Bearer` says how to send one",
+    403: "Unknown API key, a key not allowed this route, or a target the operator did not allow",
+    413: "The body is larger than the service's limit",
+    429: "The key's quota (requests per minute, jobs in flight) is used up; `Retry-After` says when to retry",
+}
 
-def _response(problem: Problem) -> Response[Problem]:
-    return Response(problem, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE)
+
+def problems(own: dict[int, str] | None = None, *, body: bool = True) -> dict[int, ResponseSpec]:
+    """`responses=` entries for a guarded route: 401, 403 and 429, with 400 and 413 when it takes a
+    `body`, and the route's `own` statuses."""
+    texts = {k: v for k, v in _DESCRIPTIONS.items() if body or k not in (400, 413)}
+    texts.update(own or {})
+    return {code: problem_response(texts[code]) for code in sorted(texts)}
+
+
+def _response(problem: Problem, headers: dict[str, str] | None = None) -> Response[Problem]:
+    return Response(problem, status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def _field_errors(extra: Any) -> list[FieldError]:
@@ -94,16 +112,22 @@ def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Re
 
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
     title = type(exc).__name__.replace("Exception", "") or "Error"
+    detail = str(exc.detail)
+    if exc.status_code == 413:
+        limit = request.route_handler.resolve_request_max_body_size()
+        detail = f"the body is larger than the service's limit of {limit:,} bytes; split the request"
     return _response(
         Problem(
             type=TYPE_BASE + title.lower(),
             title=title,
             status=exc.status_code,
-            detail=str(exc.detail),
+            detail=detail,
             instance=request.url.path,
             # A 400 that is not a field validation error is a body that could not be decoded at all.
             field="body" if exc.status_code == 400 else None,
-        )
+        ),
+        # `Allow` on a 405, as RFC 9110 asks.
+        headers=dict(exc.headers) if exc.headers else None,
     )
 
 
@@ -123,7 +147,8 @@ def _qasynth(request: Request[Any, Any, Any], exc: QasynthError) -> Response[Pro
             field=exc.field,
             errors=[FieldError(field=exc.field, message=exc.detail)] if exc.field else None,
             provider=exc.provider if isinstance(exc, ProviderError) else None,
-        )
+        ),
+        headers=exc.headers or None,
     )
 
 

@@ -9,7 +9,9 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 
-from service.api.problems import PROBLEM_400, problem_response
+from service.api.auth import Caller
+from service.api.openapi import TEXT, documented
+from service.api.problems import problems
 from service.runtime import Runtime
 from service.stages.evaluate import build_report, needs_runner
 from service.wire.reports import Report, ReportRequest
@@ -29,6 +31,8 @@ HTML = "text/html"
         "external resource) instead of JSON."
     ),
     tags=["reports"],
+    opt={"scope": "reports", "job": True},
+    operation_class=documented(ok_media={"text/html": TEXT}),
     status_code=200,
     responses={
         200: ResponseSpec(
@@ -36,23 +40,23 @@ HTML = "text/html"
             description="The report (JSON, or HTML on request)",
             generate_examples=False,
         ),
-        400: PROBLEM_400,
-        503: problem_response("Pairs need running and the R sandbox cannot run"),
+        **problems({503: "Pairs need running and the R sandbox cannot run"}),
     },
 )
 async def report(
     data: JSONBody[ReportRequest],
     request: Request[Any, Any, Any],
     runtime: NamedDependency[Runtime],
+    caller: NamedDependency[Caller],
     format: Annotated[
         str | None, QueryParameter(pattern="^(json|html)$", description="json (default) or html")
     ] = None,
 ) -> Response[Any]:
-    runner = await runtime.runner() if needs_runner(data.pairs, data.evaluate) else None
+    runner = caller.runner(await runtime.runner()) if needs_runner(data.pairs, data.evaluate) else None
     body, html = await build_report(data.pairs, runner=runner, evaluate=data.evaluate, title=data.title)
     wants_html = format == "html" or (format is None and HTML in request.headers.get("accept", ""))
     if wants_html:
-        return Response(html, media_type=f"{HTML}; charset=utf-8")
+        return Response(html, media_type=HTML)  # Litestar adds `charset=utf-8`
     return Response(body)
 
 

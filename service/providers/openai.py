@@ -1,7 +1,7 @@
 """OpenAI chat completions, and any server that speaks them (vLLM, llama.cpp server, Ollama).
 
-The SDK retries 408/409/429/5xx and connection errors with exponential backoff and
-honours Retry-After; what is left after its retries is translated here.
+The SDK's own retries are off: each attempt goes through the model's lane (`limiter.Lane`), which
+retries 429s, 5xx, timeouts and dropped connections itself so its limiter learns from every one.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Any
 
 import openai
 
-from service.errors import ProviderNotConfigured, ProviderUnavailable
-from service.providers._sdk import SDKProvider
-from service.providers.base import Completion, CompletionRequest, translate_sdk_error
+from service.errors import ProviderNotConfigured
+from service.providers._sdk import SDKProvider, lane_policies
+from service.providers.base import Completion, CompletionRequest, UnreadableResponse
+from service.providers.limiter import Adaptive, BreakerPolicy, RetryPolicy
 from service.settings import Settings
 from service.wire.base import Usage
 
@@ -22,6 +23,7 @@ __all__ = ["OpenAIProvider"]
 
 class OpenAIProvider(SDKProvider):
     _client: openai.AsyncOpenAI
+    _sdk = openai
 
     def __init__(
         self,
@@ -29,9 +31,18 @@ class OpenAIProvider(SDKProvider):
         *,
         name: str = "openai",
         default_model: str,
-        concurrency: int = 16,
+        concurrency: int | Adaptive = 16,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerPolicy | None = None,
     ) -> None:
-        super().__init__(client, name=name, default_model=default_model, concurrency=concurrency)
+        super().__init__(
+            client,
+            name=name,
+            default_model=default_model,
+            concurrency=concurrency,
+            retry=retry,
+            breaker=breaker,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIProvider:
@@ -45,10 +56,13 @@ class OpenAIProvider(SDKProvider):
             # Local OpenAI-compatible servers usually accept any key.
             api_key=settings.openai_api_key or "unused",
             base_url=settings.openai_base_url,
-            max_retries=settings.max_retries,
+            max_retries=0,
             timeout=settings.request_timeout_s,
         )
-        return cls(client, default_model=settings.openai_model, concurrency=settings.concurrency)
+        adaptive, retry, breaker = lane_policies(settings)
+        return cls(
+            client, default_model=settings.openai_model, concurrency=adaptive, retry=retry, breaker=breaker
+        )
 
     async def complete(self, request: CompletionRequest) -> Completion:
         messages: list[Any] = [{"role": "system", "content": request.system}]
@@ -57,34 +71,35 @@ class OpenAIProvider(SDKProvider):
         if request.seed is not None:
             extra["seed"] = request.seed
         model = request.model or self.default_model
-        async with self._slots:
+
+        async def attempt() -> Completion:
             started = time.perf_counter()
-            try:
-                response = await self._client.chat.completions.create(
-                    model=model,
-                    messages=messages,
-                    temperature=request.temperature,
-                    max_tokens=request.max_tokens,
-                    **extra,
-                )
-            except openai.OpenAIError as exc:
-                raise translate_sdk_error(exc, sdk=openai, provider=self.name) from exc
-            latency_ms = (time.perf_counter() - started) * 1000
-        if not response.choices:
-            raise ProviderUnavailable(f"the {self.name} API returned no choices", provider=self.name)
-        choice = response.choices[0]
-        usage = Usage()
-        if response.usage is not None:
-            details = getattr(response.usage, "prompt_tokens_details", None)
-            usage = Usage(
-                input_tokens=response.usage.prompt_tokens or 0,
-                output_tokens=response.usage.completion_tokens or 0,
-                cached_tokens=(getattr(details, "cached_tokens", 0) or 0) if details else 0,
+            response = await self._client.chat.completions.create(
+                model=model,
+                messages=messages,
+                temperature=request.temperature,
+                max_tokens=request.max_tokens,
+                **extra,
             )
-        return Completion(
-            text=choice.message.content or "",
-            model=response.model or model,
-            usage=usage,
-            latency_ms=latency_ms,
-            finish_reason=choice.finish_reason,
-        )
+            latency_ms = (time.perf_counter() - started) * 1000
+            if not response.choices:
+                raise UnreadableResponse(f"the {self.name} API returned no choices", provider=self.name)
+            choice = response.choices[0]
+            usage = Usage()
+            if response.usage is not None:
+                details = getattr(response.usage, "prompt_tokens_details", None)
+                usage = Usage(
+                    input_tokens=response.usage.prompt_tokens or 0,
+                    output_tokens=response.usage.completion_tokens or 0,
+                    cached_tokens=(getattr(details, "cached_tokens", 0) or 0) if details else 0,
+                )
+            return Completion(
+                text=choice.message.content or "",
+                model=response.model or model,
+                usage=usage,
+                latency_ms=latency_ms,
+                finish_reason=choice.finish_reason,
+                truncated=choice.finish_reason == "length",
+            )
+
+        return await self._call(model, attempt)

@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from service.errors import ProviderNotConfigured
-from service.providers.base import Provider
+from service.providers.base import Laned, Provider
+from service.providers.limiter import LaneState
 from service.settings import Settings
 
 __all__ = ["PROVIDER_NAMES", "ProviderRegistry"]
@@ -94,6 +95,10 @@ class ProviderRegistry:
                 out[name] = {"configured": "true" if self.is_configured(name) else "false"}
             out[name]["default"] = "true" if name == self.default_name else "false"
         return out
+
+    def lanes(self) -> list[LaneState]:
+        """Limit, calls in flight and breaker of every provider and model used so far."""
+        return [state for p in self._instances.values() if isinstance(p, Laned) for state in p.lanes()]
 
     async def aclose(self) -> None:
         for provider in self._instances.values():

@@ -255,7 +255,7 @@ class _Run:
             except MalformedReply as exc:
                 state.reserved -= want
                 self.usage = self.usage + exc.usage
-                state.last_problem = f"malformed_reply: {exc.reason}"
+                state.last_problem = f"{exc.failure_reason}: {exc.reason}"
                 continue
             except ProviderError as exc:
                 state.reserved -= want
@@ -307,7 +307,7 @@ class _Run:
         except MalformedReply as exc:
             self.usage = self.usage + exc.usage
             self._fail(
-                cell, "answer", "malformed_reply", exc.reason, question=question, attempts=exc.attempts
+                cell, "answer", exc.failure_reason, exc.reason, question=question, attempts=exc.attempts
             )
             return
         except ProviderError as exc:

@@ -9,7 +9,7 @@ qasynth has no use for, and new Label Studio versions add more.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
@@ -41,18 +41,24 @@ __all__ = [
     "Rejected",
     "Review",
     "ReviewImport",
+    "ReviewTasks",
     "SkipReason",
     "Skipped",
     "VerdictFilter",
 ]
 
+# A pair as generated is about 3.5 KB of JSON, a reviewed Label Studio task about 7.5 KB (the pair,
+# its rendered markdown and the annotation): both limits fit the 100 MiB body limit.
 MAX_EXPORT_PAIRS = 20_000
-MAX_IMPORT_TASKS = 20_000
+MAX_IMPORT_TASKS = 10_000
 
 # Review formats carry every pair; training formats leave out flagged and rejected pairs by default.
-REVIEW_FORMATS = ("label-studio", "argilla")
-TRAINING_FORMATS = ("openai", "alpaca", "sharegpt", "hf-jsonl", "hf-parquet", "hf-card")
-FORMATS = REVIEW_FORMATS + TRAINING_FORMATS
+ExportFormat = Literal[
+    "label-studio", "argilla", "openai", "alpaca", "sharegpt", "hf-jsonl", "hf-parquet", "hf-card"
+]
+FORMATS: tuple[str, ...] = get_args(ExportFormat)
+REVIEW_FORMATS = FORMATS[:2]
+TRAINING_FORMATS = FORMATS[2:]
 
 # One constant for every prediction: Label Studio pre-fills the editor only from predictions whose
 # model_version equals the project's, which the first import fixes. The generator model goes in data.
@@ -90,13 +96,7 @@ class ExportOptions(Base):
 
 
 class ExportRequest(Base):
-    format: Annotated[
-        str,
-        msgspec.Meta(
-            description="Output format; an unknown one is a 400 listing them",
-            extra_json_schema={"enum": list(FORMATS)},
-        ),
-    ]
+    format: Annotated[ExportFormat, msgspec.Meta(description="Output format")]
     pairs: Annotated[list[Pair], msgspec.Meta(max_length=MAX_EXPORT_PAIRS)]
     reviews: Annotated[list[Review], msgspec.Meta(max_length=MAX_EXPORT_PAIRS)] = []
     options: ExportOptions = msgspec.field(default_factory=ExportOptions)
@@ -181,6 +181,9 @@ class LSExportTask(msgspec.Struct, kw_only=True):
     id: int | None = None
     annotations: list[LSExportAnnotation] = []
 
+
+# The body of POST /v1/imports/label-studio.
+ReviewTasks = Annotated[list[LSExportTask], msgspec.Meta(max_length=MAX_IMPORT_TASKS)]
 
 SkipReason = Literal["unannotated", "cancelled", "unknown_pair", "duplicate", "undecided", "unfixed"]
 

@@ -1,28 +1,34 @@
 """A language-model server on loopback that speaks the real OpenAI and Anthropic wire protocols.
 
-The official SDKs talk to it over real HTTP, so their request building, retries
-(429 with Retry-After, 5xx), timeouts and response parsing all run for real. What it
-answers is scripted: varied questions under `### Qn` headings for question calls and
-an answer with a runnable ```r block for answer calls, or any fault queued with
-`fail_next`. It records every request so tests can check what reached the provider.
+The official SDKs talk to it over real HTTP, so their request building, timeouts and
+response parsing all run for real. What it answers is scripted: varied questions under
+`### Qn` headings for question calls and an answer with a runnable ```r block for answer
+calls. Like the real APIs it stops at `max_tokens` (the text really cut there, with
+`finish_reason: "length"` / `stop_reason: "max_tokens"`). Faults in each vendor's own
+shape (`faults.py`) are queued with `fail_next` or added as standing rules with
+`faults.add`. It records every request, and the status it answered, so tests can check
+what reached the provider.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import socket
+import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any
 
-__all__ = ["FakeLLMServer", "Fault", "RecordedCall", "default_reply"]
+from tests.fakes.faults import Fault, FaultInjector, error_response, success_headers
+
+__all__ = ["FakeLLMServer", "Fault", "RecordedCall", "default_reply", "tokens_of"]
 
 WORDS = (
     "sample mean variance median quantile residual estimate interval model predictor response factor level "
@@ -39,23 +45,21 @@ JA_WORDS = (
 ).split()
 
 
-@dataclass
-class Fault:
-    """One scripted misbehaviour for the next matching request."""
-
-    kind: Literal["status", "malformed", "empty", "slow"]
-    status: int = 500
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
-    body: str = ""
-
-
-@dataclass
+@dataclass(eq=False)
 class RecordedCall:
     protocol: str
     system: str
     user: str
     body: dict[str, Any]
+    # What the server answered: 200 for a reply, the error status, or 0 for a reset connection.
+    status: int = 0
+    # When it arrived (time.monotonic).
+    at: float = field(default_factory=time.monotonic)
+
+
+def tokens_of(text: str) -> int:
+    """The fake's tokenizer: four characters a token."""
+    return max(1, math.ceil(len(text) / 4))
 
 
 def _rng(*parts: str) -> random.Random:
@@ -97,13 +101,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        headers = {"content-type": "application/json", **(headers or {})}
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
+        for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(body)
+
+    def _reset_midway(self, payload: bytes) -> None:
+        """Headers and half the body, then a TCP reset: what a dropped connection looks like."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload[: len(payload) // 2])
+        self.wfile.flush()
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.request.close()
+        self.close_connection = True
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
@@ -121,23 +137,39 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
-        fault, cached = owner._record(RecordedCall(protocol=protocol, system=system, user=user, body=body))
-        time.sleep(owner.latency_s + (fault.delay_s if fault and fault.kind == "slow" else 0.0))
+        call = RecordedCall(protocol=protocol, system=system, user=user, body=body)
+        cached = owner._record(call)
+        with owner.faults.serving(call) as outcome:
+            self._answer(call, outcome.fault, cached)
+            outcome.status = call.status
+
+    def _answer(self, call: RecordedCall, fault: Fault | None, cached: bool) -> None:
+        """Answer, noting the status in `call` before the client can see the answer."""
+        owner = self.server.owner
+        protocol, system, user, body = call.protocol, call.system, call.user, call.body
+        model = body.get("model", "fake-model")
         if fault and fault.kind == "status":
-            error = {"message": fault.body or f"scripted {fault.status}", "type": "api_error"}
-            payload = {"error": error} if protocol == "openai" else {"type": "error", "error": error}
-            self._send(fault.status, payload, fault.headers)
+            # Errors come back at once, as the real APIs' do.
+            time.sleep(fault.delay_s)
+            status, payload, headers = error_response(protocol, fault, model=model)  # type: ignore[arg-type]
+            call.status = status
+            self._send(status, payload, headers)
             return
+        time.sleep(owner.latency_s + (fault.delay_s if fault and fault.kind == "slow" else 0.0))
         if fault and fault.kind == "malformed":
             text = fault.body or "Sorry, I cannot help with that."
         elif fault and fault.kind == "empty":
             text = ""
         else:
             text = owner.reply(system, user)
-        model = body.get("model", "fake-model")
-        prompt_tokens = (len(system) + len(user)) // 4 + 1
-        out_tokens = len(text) // 4 + 1
-        cached_tokens = len(system) // 4 if cached else 0
+        # The real APIs stop at max_tokens: the text is cut there, whatever it looked like.
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        truncated = isinstance(limit, int) and tokens_of(text) > limit
+        if truncated:
+            text = text[: 4 * limit]
+        prompt_tokens = tokens_of(system) + tokens_of(user)
+        out_tokens = tokens_of(text)
+        cached_tokens = tokens_of(system) if cached else 0
         if protocol == "openai":
             payload = {
                 "id": "chatcmpl-fake",
@@ -145,7 +177,11 @@ class _Handler(BaseHTTPRequestHandler):
                 "created": int(time.time()),
                 "model": model,
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "length" if truncated else "stop",
+                    }
                 ],
                 "usage": {
                     "prompt_tokens": prompt_tokens,
@@ -161,7 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "role": "assistant",
                 "model": model,
                 "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn",
+                "stop_reason": "max_tokens" if truncated else "end_turn",
                 "stop_sequence": None,
                 "usage": {
                     "input_tokens": prompt_tokens - cached_tokens,
@@ -170,7 +206,14 @@ class _Handler(BaseHTTPRequestHandler):
                     "cache_creation_input_tokens": 0,
                 },
             }
-        self._send(200, payload)
+        encoded = json.dumps(payload).encode()
+        if fault and fault.kind == "reset":
+            self._reset_midway(encoded)
+            return
+        if fault and fault.kind == "bad_json":
+            encoded = encoded[: len(encoded) // 2]
+        call.status = 200
+        self._send(200, encoded, success_headers(protocol))  # type: ignore[arg-type]
 
 
 class _Server(ThreadingHTTPServer):
@@ -186,7 +229,7 @@ class FakeLLMServer:
         self.latency_s = latency_s
         self.reply = reply
         self.calls: list[RecordedCall] = []
-        self._faults: deque[Fault] = deque()
+        self.faults = FaultInjector()
         self._systems: set[str] = set()
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -206,15 +249,15 @@ class FakeLLMServer:
         return f"http://127.0.0.1:{self.port}"
 
     def fail_next(self, *faults: Fault) -> None:
-        with self._lock:
-            self._faults.extend(faults)
+        self.faults.fail_next(*faults)
 
-    def _record(self, call: RecordedCall) -> tuple[Fault | None, bool]:
+    def _record(self, call: RecordedCall) -> bool:
+        """Keep the call; True when its system prompt is already in the prompt cache."""
         with self._lock:
             self.calls.append(call)
             cached = call.system in self._systems
             self._systems.add(call.system)
-            return (self._faults.popleft() if self._faults else None), cached
+            return cached
 
     def __enter__(self) -> FakeLLMServer:
         self._thread.start()
@@ -226,19 +269,41 @@ class FakeLLMServer:
 
 
 def main() -> None:
-    """Serve from a process of its own (benchmarks: keeps the server's threads off the client's GIL)."""
+    """Serve from a process of its own (benchmarks: keeps the server's threads off the client's GIL).
+
+    Prints its port, then serves until SIGTERM, when it prints a JSON line: how many requests got
+    each status, and the most it had in flight at once.
+    """
     import argparse
-    import contextlib
+    import collections
+    import signal
     import sys
+
+    from tests.fakes.faults import ConcurrencyLimit
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=0,
+        help="answer 429 above this many requests in flight (0: no limit)",
+    )
     args = parser.parse_args()
     server = FakeLLMServer(latency_s=args.latency)
+    limit = None
+    if args.max_in_flight:
+        limit = server.faults.add(ConcurrencyLimit(args.max_in_flight, service_s=args.latency))
+
+    def stop(*_: object) -> None:
+        statuses = collections.Counter(str(c.status) for c in server.calls)
+        peak = limit.peak if isinstance(limit, ConcurrencyLimit) else None
+        print(json.dumps({"statuses": statuses, "peak_in_flight": peak}), flush=True)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     print(server.port, flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        server._server.serve_forever()
-    sys.exit(0)
+    server._server.serve_forever()
 
 
 if __name__ == "__main__":

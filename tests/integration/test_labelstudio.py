@@ -79,7 +79,7 @@ def project(label_studio: LabelStudio) -> tuple[int, str]:
 async def test_review_round_trip(label_studio: LabelStudio, project: tuple[int, str]) -> None:
     project_id, config = project
     pairs = mixed()
-    app = create_app(Settings(sandbox="bwrap"))
+    app = create_app(Settings(sandbox="bwrap", label_studio_urls=(label_studio.url,)))
     async with AsyncTestClient(app) as client:
         target = {"url": label_studio.url, "token": label_studio.token, "project_id": project_id}
         pushed = await client.post(

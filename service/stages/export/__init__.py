@@ -3,7 +3,7 @@
 export(format, pairs, reviews, options) -> Export     one function per format, in EXPORTERS
 label_config(locale) -> str                           Label Studio labeling config
 parse_export(body) / import_review(tasks, evaluate=…) Label Studio's export back to pairs
-push_to_label_studio(export, target)                  the only network call of this package
+push_to_label_studio(export, target, allowed_origins=…) the only network call of this package, to allowed origins
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from service.stages.export.argilla import to_argilla
 from service.stages.export.base import Export, Exporter
 from service.stages.export.labelstudio import label_config, to_label_studio
 from service.stages.export.markdown import safe_markdown
-from service.stages.export.push import LabelStudioFailed, push_to_label_studio
+from service.stages.export.push import LabelStudioFailed, check_target, push_to_label_studio
 from service.stages.export.review_import import import_review, parse_export
 from service.stages.export.training import (
     to_alpaca,
@@ -33,6 +33,7 @@ __all__ = [
     "Export",
     "Exporter",
     "LabelStudioFailed",
+    "check_target",
     "export",
     "import_review",
     "label_config",

@@ -63,6 +63,8 @@ def parse_export(body: bytes) -> list[LSExportTask]:
         raise InvalidInput(f"not a Label Studio JSON export: {_PATH.sub('', message)}", field=field) from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"body is not JSON: {exc}", field="body") from None
+    except RecursionError:  # msgspec's answer to deep nesting, which `data` (any JSON) allows
+        raise InvalidInput("the body nests JSON arrays or objects too deeply", field="body") from None
     if len(tasks) > MAX_IMPORT_TASKS:
         raise InvalidInput(f"at most {MAX_IMPORT_TASKS} tasks per import, got {len(tasks)}", field="body")
     return tasks
