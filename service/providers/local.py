@@ -44,7 +44,7 @@ import msgspec
 from service.errors import ProviderNotConfigured, ProviderUnavailable
 from service.providers import _gguf
 from service.providers._cpu import available_cores
-from service.providers.base import Completion, CompletionRequest, translate_sdk_error
+from service.providers.base import Completion, CompletionRequest, UnreadableResponse, classify_sdk_error
 from service.settings import Settings
 from service.wire.base import Usage
 
@@ -238,7 +238,16 @@ class LocalProvider:
             usage=usage,
             latency_ms=latency_ms,
             finish_reason=reply.finish_reason,
+            truncated=reply.finish_reason == "length",
         )
+
+    def _error(self, exc: Exception) -> Exception:
+        import openai
+
+        failure = classify_sdk_error(exc, sdk=openai, provider=self.name)
+        if failure is None:
+            return ProviderUnavailable(f"local model error: {exc}", provider=self.name)
+        return failure.error
 
     async def _wait_for_snapshot(self, key: str) -> asyncio.Future[None] | None:
         """Wait while another call evaluates this system prompt; or return the future this call must
@@ -283,12 +292,12 @@ class LocalProvider:
                     "max_tokens",
                     provider=self.name,
                 ) from exc
-            raise translate_sdk_error(exc, sdk=openai, provider=self.name) from exc
+            raise self._error(exc) from exc
         except openai.OpenAIError as exc:
-            raise translate_sdk_error(exc, sdk=openai, provider=self.name) from exc
+            raise self._error(exc) from exc
         latency_ms = (time.perf_counter() - started) * 1000
         if not response.choices:
-            raise ProviderUnavailable("the local model returned no choices", provider=self.name)
+            raise UnreadableResponse("the local model returned no choices", provider=self.name)
         usage = _usage(response)
         log.debug(
             "slot %d: %d prompt tokens (%d cached), %d output tokens in %.1f s",
