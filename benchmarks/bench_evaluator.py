@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_evaluator.py              # 200 snippets each way per set, 2 at a time
     .venv/bin/python benchmarks/bench_evaluator.py -n 400 --concurrency 2 --json out.json
 
-Both sides run the same snippets in the same sandbox: the same bubblewrap namespaces and mounts,
-the same dedicated uid and rlimits, 2 at a time (one per core). Fresh runs start `Rscript
+Both sides run the same snippets in the same sandbox: the same bubblewrap namespaces, mounts and
+seccomp filter, the same dedicated uid and rlimits, 2 at a time (one per core). Fresh runs start `Rscript
 --vanilla -e CODE` in a new sandbox per snippet (what a simple evaluator does); warm runs go
 through `WorkerPool.run` (a fork of an R that started once). The machine is shared with other
 work, so the two sides alternate in rounds of 20 snippets and the ratio is taken over the same
@@ -18,7 +18,9 @@ Two snippet sets, each measured both ways in the same run:
   where the start-up cost of R is nearly all there is.
 
 For every snippet the script checks that both sides give the same verdict and, for the
-deterministic ones, the same output.
+deterministic ones, the same output. Run as root (dedicated uids), it also prints the CPU time and
+minor page faults the warm workers and their snippets spent per snippet: figures the load moves
+far less than wall-clock rates. It prints the machine's load average before and after.
 """
 
 from __future__ import annotations
@@ -91,6 +93,26 @@ SHORT = [
 SETS = {"answers": ANSWERS, "short": SHORT}
 
 
+def worker_counters(uids: set[int]) -> tuple[float, int]:
+    """CPU seconds and minor page faults of every process of the workers' uids, their reaped
+    children (the snippets) included: where a warm snippet's cost goes. Needs the dedicated uids."""
+    cpu = 0.0
+    faults = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(entry.path).st_uid not in uids:
+                continue
+            with open(f"{entry.path}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        cpu += sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        faults += int(fields[7]) + int(fields[8])
+    return cpu, faults
+
+
 async def measure(
     pool: WorkerPool,
     snippets: list[str],
@@ -105,6 +127,8 @@ async def measure(
     warm_ms: list[float] = []
     fresh_ms: list[float] = []
     warm_wall = fresh_wall = 0.0
+    warm_cpu = 0.0
+    warm_faults = 0
     mismatches: list[str] = []
     # Warm up both sides once (page cache, first fork), outside the timing.
     await pool.run(snippets[0])
@@ -131,6 +155,7 @@ async def measure(
         fresh_wall += time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        cpu0, faults0 = worker_counters(pool.uids)
 
         async def warm_one(code: str, sem: asyncio.Semaphore = sem) -> tuple[str, str]:
             async with sem:  # latency without queueing, as on the fresh side
@@ -141,6 +166,9 @@ async def measure(
 
         warm = await asyncio.gather(*(warm_one(c) for c in batch))
         warm_wall += time.perf_counter() - t0
+        cpu1, faults1 = worker_counters(pool.uids)
+        warm_cpu += cpu1 - cpu0
+        warm_faults += faults1 - faults0
 
         for code, (fv, fout), (wv, wout) in zip(batch, fresh, warm, strict=True):
             same_verdict = (fv == "passed") == (wv == "passed")
@@ -157,6 +185,8 @@ async def measure(
         "warm_median_ms": round(statistics.median(warm_ms), 1),
         "fresh_p95_ms": round(_p95(fresh_ms), 1),
         "warm_p95_ms": round(_p95(warm_ms), 1),
+        "warm_cpu_ms_per_snippet": round(warm_cpu * 1000 / n, 2) if pool.uids else None,
+        "warm_faults_per_snippet": round(warm_faults / n) if pool.uids else None,
         "mismatches": len(mismatches),
     }
     return figures, mismatches
@@ -218,6 +248,11 @@ async def main() -> None:
     row("ratio (throughput)", lambda f: f"{f['ratio']}x")
     row("fresh median / p95, ms", lambda f: f"{f['fresh_median_ms']:.1f} / {f['fresh_p95_ms']:.1f}")
     row("warm median / p95, ms", lambda f: f"{f['warm_median_ms']:.1f} / {f['warm_p95_ms']:.1f}")
+    if all(results[name]["warm_cpu_ms_per_snippet"] is not None for name in sets):
+        row(
+            "warm CPU ms / faults a snippet",
+            lambda f: f"{f['warm_cpu_ms_per_snippet']:.2f} / {f['warm_faults_per_snippet']}",
+        )
     row("same verdicts and outputs", lambda f: "yes" if not f["mismatches"] else f"{f['mismatches']} differ")
     for name in sets:
         for line in mismatches[name][:10]:

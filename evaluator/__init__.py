@@ -8,7 +8,7 @@
     build_report / render_html           a validation report over many checked answers
 
 Bad R is data (a verdict); only a sandbox that cannot run at all raises
-`SandboxUnavailable`. This package never imports the service.
+`SandboxUnavailable` (`QueueFull` when too many snippets wait). This package never imports the service.
 """
 
 from evaluator._check import check_answer, check_code
@@ -19,6 +19,7 @@ from evaluator._types import (
     CODE_OPTIONAL_TASKS,
     Check,
     Limits,
+    QueueFull,
     Runner,
     RunResult,
     RunVerdict,
@@ -35,6 +36,7 @@ __all__ = [
     "Extraction",
     "FakeRunner",
     "Limits",
+    "QueueFull",
     "Report",
     "ReportEntry",
     "ReportGroup",

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from evaluator._extract import extract_code
-from evaluator._types import Check, Runner
+from evaluator._types import Check, Runner, RunResult
 
 __all__ = ["check_answer", "check_code"]
 
 
-async def check_code(runner: Runner, code: str) -> Check:
+async def _run(runner: Runner, code: str, owner: Hashable | None) -> RunResult:
+    # Runners that know nothing of owners keep working for callers that name none.
+    return await (runner.run(code) if owner is None else runner.run(code, owner=owner))
+
+
+async def check_code(runner: Runner, code: str, *, owner: Hashable | None = None) -> Check:
     """Run plain R code (no markdown)."""
     if not code.strip():
         return Check(verdict="no_code", message="the code is empty")
-    result = await runner.run(code)
+    result = await _run(runner, code, owner)
     return Check(
         verdict=result.verdict,
         code=code,
@@ -28,12 +35,12 @@ async def check_code(runner: Runner, code: str) -> Check:
     )
 
 
-async def check_answer(runner: Runner, answer: str) -> Check:
+async def check_answer(runner: Runner, answer: str, *, owner: Hashable | None = None) -> Check:
     """Run the R code of a markdown answer; `no_code` when it has none."""
     extraction = extract_code(answer)
     if not extraction.code.strip():
         return Check(verdict="no_code", message="the answer has no R code block")
-    result = await runner.run(extraction.code)
+    result = await _run(runner, extraction.code, owner)
     message = result.message
     if result.verdict == "parse_error" and extraction.blocks and not extraction.blocks[-1].closed:
         message = f"{message} (the last code block is not closed: the answer looks cut off)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Literal, Protocol
 
 import msgspec
@@ -10,6 +11,7 @@ __all__ = [
     "CODE_OPTIONAL_TASKS",
     "Check",
     "Limits",
+    "QueueFull",
     "RunResult",
     "RunVerdict",
     "Runner",
@@ -54,6 +56,14 @@ def is_flagged(verdict: Verdict, task: str) -> bool:
 
 class SandboxUnavailable(Exception):
     """R or the sandbox cannot run at all; the message says why and how to fix it."""
+
+
+class QueueFull(SandboxUnavailable):
+    """Too many snippets are waiting for a worker; `retry_after_s` is when one might not be."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,9 +151,13 @@ class Check(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Runner(Protocol):
-    """Runs R code somewhere safe. Bad R is a `RunResult`; a broken sandbox raises `SandboxUnavailable`."""
+    """Runs R code somewhere safe. Bad R is a `RunResult`; a broken sandbox raises `SandboxUnavailable`.
 
-    async def run(self, code: str) -> RunResult: ...
+    `owner` names whose work a snippet is (a request, a job): owners are served in turn, so
+    one with many snippets cannot starve one with few. Callers that give none share one queue.
+    """
+
+    async def run(self, code: str, *, owner: Hashable | None = None) -> RunResult: ...
 
     def describe(self) -> dict[str, str]: ...
 

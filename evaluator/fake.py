@@ -7,7 +7,7 @@ snippet passes).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 from evaluator._types import RunResult
 
@@ -22,10 +22,12 @@ class FakeRunner:
         self._fn = results if callable(results) else None
         self._queue = list(results) if results is not None and not callable(results) else []
         self.calls: list[str] = []
+        self.owners: list[Hashable | None] = []
         self.closed = False
 
-    async def run(self, code: str) -> RunResult:
+    async def run(self, code: str, *, owner: Hashable | None = None) -> RunResult:
         self.calls.append(code)
+        self.owners.append(owner)
         if self._fn is not None:
             return self._fn(code)
         if self._queue:

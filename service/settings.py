@@ -182,6 +182,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     eval_mem_mb: int = 1024
     eval_output_bytes: int = 1_000_000
     r_packages: tuple[str, ...] = ("stats", "utils")
+    # Snippets that may wait for a worker, over all requests; beyond it, 503 with Retry-After.
+    eval_queue: int = 20_000
 
     # Who may call, and how much. No keys: every caller is `anonymous` (refused off loopback
     # unless `allow_no_auth`). Quotas are per key and per process; 0 means no limit.
@@ -211,6 +213,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         sandbox = env.get("QASYNTH_SANDBOX") or "bwrap"
         if sandbox not in ("bwrap", "none"):
             raise SettingsError(f"QASYNTH_SANDBOX must be bwrap or none, got {sandbox!r}")
+        if _int(env, "QASYNTH_EVAL_QUEUE", defaults.eval_queue) < 0:
+            raise SettingsError("QASYNTH_EVAL_QUEUE must not be negative")
         packages = tuple(
             p.strip() for p in env.get("QASYNTH_R_PACKAGES", "stats,utils").split(",") if p.strip()
         )
@@ -245,6 +249,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             eval_mem_mb=_int(env, "QASYNTH_EVAL_MEM_MB", defaults.eval_mem_mb),
             eval_output_bytes=_int(env, "QASYNTH_EVAL_OUTPUT_BYTES", defaults.eval_output_bytes),
             r_packages=packages,
+            eval_queue=_int(env, "QASYNTH_EVAL_QUEUE", defaults.eval_queue),
             **_security_and_limits(env, defaults),
         )
         for name, value, minimum in (

@@ -22,9 +22,9 @@ import hmac
 import math
 import re
 import time
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncIterator, Hashable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from service.errors import Forbidden, QuotaExceeded, Unauthenticated
 from service.settings import ApiKey, Settings
 
-__all__ = ["ANONYMOUS", "Caller", "Gate", "GateMiddleware", "QuotaRunner", "provide_caller"]
+__all__ = ["ANONYMOUS", "Caller", "Gate", "GateMiddleware", "QuotaRunner", "TurnSlots", "provide_caller"]
 
 ANONYMOUS = "anonymous"
 # A job's end cannot be foreseen: a client refused for jobs in flight is asked to come back after this.
@@ -55,19 +55,65 @@ class Quota:
     snippets: int
 
 
+class TurnSlots:
+    """At most `size` holders at once. Waiters of different owners are let in by turns, an owner's
+    own waiters in arrival order, so one request's thousand snippets cannot starve another's one
+    while both wait for the same key's quota (the pool behind takes turns the same way)."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiting: OrderedDict[Hashable, deque[asyncio.Future[None]]] = OrderedDict()
+
+    @asynccontextmanager
+    async def hold(self, owner: Hashable) -> AsyncIterator[None]:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+        else:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(owner, deque()).append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._release()  # handed the slot as it was cancelled: pass it on
+                else:
+                    queue = self._waiting.get(owner)
+                    if queue is not None:
+                        queue.remove(turn)
+                        if not queue:
+                            del self._waiting[owner]
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            owner, queue = self._waiting.popitem(last=False)
+            turn = queue.popleft()
+            if queue:
+                self._waiting[owner] = queue  # its next waiter goes to the back of the turns
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1
+
+
 class QuotaRunner:
-    """The evaluator's runner as one caller sees it: at most its `snippets` quota of snippets at once.
+    """The evaluator's runner as one caller sees it: at most its `snippets` quota of snippets at once,
+    the requests of the caller taking turns for them.
 
     Stages only call `run` and `describe`; the pool itself belongs to the runtime, so `aclose` is a no-op.
     """
 
-    def __init__(self, runner: Any, slots: asyncio.Semaphore) -> None:
+    def __init__(self, runner: Any, slots: TurnSlots) -> None:
         self._runner = runner
         self._slots = slots
 
-    async def run(self, code: str) -> Any:
-        async with self._slots:
-            return await self._runner.run(code)
+    async def run(self, code: str, *, owner: Hashable | None = None) -> Any:
+        async with self._slots.hold(owner):
+            return await self._runner.run(code, owner=owner)
 
     def describe(self) -> dict[str, str]:
         return self._runner.describe()
@@ -83,7 +129,7 @@ class Caller:
     name: str
     quota: Quota
     scopes: frozenset[str] | None
-    _snippet_slots: asyncio.Semaphore
+    _snippet_slots: TurnSlots
 
     def runner(self, runner: Any) -> QuotaRunner:
         return QuotaRunner(runner, self._snippet_slots)
@@ -130,7 +176,7 @@ class Gate:
         if caller is None:
             quota = self._quota(key)
             scopes = frozenset(key.scopes) if key is not None and key.scopes is not None else None
-            caller = Caller(name, quota, scopes, asyncio.Semaphore(quota.snippets))
+            caller = Caller(name, quota, scopes, TurnSlots(quota.snippets))
             self._callers[name] = caller
         return caller
 

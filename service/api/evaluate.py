@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from litestar import post
+from typing import Any
+
+from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
 from service.api.auth import Caller
+from service.api.disconnect import until_disconnect
 from service.api.openapi import at_least_one_of, documented
 from service.api.problems import problems
 from service.runtime import Runtime
@@ -25,7 +28,8 @@ __all__ = ["routes"]
         "`snippets` of plain R. Every item gets a verdict — passed, parse_error, runtime_error, timeout, memory_limit, "
         "output_limit, killed or no_code — with its evidence: R's message, the failing call, the line "
         "(in the code and in the answer), warnings and the start of the printed output. "
-        "503 when the sandbox cannot run."
+        "503 when the sandbox cannot run, or (with Retry-After) when too many snippets are waiting. "
+        "A client that disconnects has its snippets cancelled."
     ),
     tags=["evaluate"],
     opt={"scope": "evaluate", "job": True},
@@ -37,15 +41,18 @@ __all__ = ["routes"]
             description="The pairs with their evaluation, and the snippets' results",
             generate_examples=False,
         ),
-        **problems({503: "The R sandbox cannot run"}),
+        **problems({503: "The R sandbox cannot run, or is too busy (Retry-After)"}),
     },
 )
 async def evaluate(
-    data: JSONBody[EvaluateRequest], runtime: NamedDependency[Runtime], caller: NamedDependency[Caller]
+    data: JSONBody[EvaluateRequest],
+    request: Request[Any, Any, Any],
+    runtime: NamedDependency[Runtime],
+    caller: NamedDependency[Caller],
 ) -> EvaluateResponse:
     check_request(data)  # a bad request is a 400 before the sandbox is started
     runner = caller.runner(await runtime.runner())
-    return await evaluate_request(runner, data)
+    return await until_disconnect(request, evaluate_request(runner, data))
 
 
 routes = [evaluate]

@@ -12,6 +12,7 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from service.api.auth import Caller
+from service.api.disconnect import until_disconnect
 from service.api.openapi import TEXT, documented
 from service.api.problems import problems
 from service.errors import ProviderRejected, ProviderUnavailable
@@ -74,7 +75,7 @@ async def generate(
     events = run_job(job, provider, evaluate=evaluate, retries=runtime.settings.content_retries)
     if NDJSON in request.headers.get("accept", ""):
         return Stream(_ndjson(events), media_type=NDJSON)
-    response = await collect(events)
+    response = await until_disconnect(request, collect(events))
     _raise_if_provider_failed_everything(response, provider.name)
     return Response(response)
 

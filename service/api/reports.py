@@ -10,6 +10,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 
 from service.api.auth import Caller
+from service.api.disconnect import until_disconnect
 from service.api.openapi import TEXT, documented
 from service.api.problems import problems
 from service.runtime import Runtime
@@ -40,7 +41,7 @@ HTML = "text/html"
             description="The report (JSON, or HTML on request)",
             generate_examples=False,
         ),
-        **problems({503: "Pairs need running and the R sandbox cannot run"}),
+        **problems({503: "Pairs need running and the R sandbox cannot run, or is too busy (Retry-After)"}),
     },
 )
 async def report(
@@ -53,7 +54,9 @@ async def report(
     ] = None,
 ) -> Response[Any]:
     runner = caller.runner(await runtime.runner()) if needs_runner(data.pairs, data.evaluate) else None
-    body, html = await build_report(data.pairs, runner=runner, evaluate=data.evaluate, title=data.title)
+    body, html = await until_disconnect(
+        request, build_report(data.pairs, runner=runner, evaluate=data.evaluate, title=data.title)
+    )
     wants_html = format == "html" or (format is None and HTML in request.headers.get("accept", ""))
     if wants_html:
         return Response(html, media_type=HTML)  # Litestar adds `charset=utf-8`

@@ -1,5 +1,5 @@
 """CLI subcommands; each module's `register(subparsers)` adds one, with `func(args) -> exit code`."""
 
-from service.commands import export, import_review
+from service.commands import dedup, evaluate, export, import_review, report
 
-__all__ = ["export", "import_review"]
+__all__ = ["dedup", "evaluate", "export", "import_review", "report"]

@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from typing import Literal, TypeVar
 
 import msgspec
 
 import evaluator
-from service.errors import InvalidInput, SandboxUnavailable
+from service.errors import InvalidInput, SandboxBusy, SandboxUnavailable
 from service.wire.evaluate import EvaluateRequest, EvaluateResponse, Evaluation, SnippetResult
 from service.wire.generate import Pair
 from service.wire.reports import Report, ReportGroup, ReportItem
+
+T = TypeVar("T")
 
 __all__ = [
     "Evaluate",
@@ -46,12 +48,21 @@ def to_check(evaluation: Evaluation) -> evaluator.Check:
     return msgspec.convert(evaluation, evaluator.Check, from_attributes=True)
 
 
-async def evaluate_answer(runner: evaluator.Runner, *, task: str, answer: str) -> Evaluation:
-    """Run the R code blocks of a markdown answer. A sandbox that breaks raises `SandboxUnavailable`."""
+def _translate(exc: evaluator.SandboxUnavailable) -> SandboxUnavailable:
+    if isinstance(exc, evaluator.QueueFull):
+        return SandboxBusy(str(exc), retry_after_s=exc.retry_after_s)
+    return SandboxUnavailable(str(exc))
+
+
+async def evaluate_answer(
+    runner: evaluator.Runner, *, task: str, answer: str, owner: Hashable | None = None
+) -> Evaluation:
+    """Run the R code blocks of a markdown answer. A sandbox that breaks raises `SandboxUnavailable`
+    (`SandboxBusy` when too many snippets wait). `owner` is whose work it is: owners take turns."""
     try:
-        check = await evaluator.check_answer(runner, answer)
+        check = await evaluator.check_answer(runner, answer, owner=owner)
     except evaluator.SandboxUnavailable as exc:
-        raise SandboxUnavailable(str(exc)) from exc
+        raise _translate(exc) from exc
     return to_evaluation(check, task=task)
 
 
@@ -60,19 +71,37 @@ Evaluate = Callable[[str, str], Awaitable[Evaluation]]
 
 
 def answer_evaluator(runner: evaluator.Runner) -> Evaluate:
+    """One evaluator per job: its answers are one owner's work in the pool's turns."""
+    owner = object()
+
     async def evaluate(task: str, answer: str) -> Evaluation:
-        return await evaluate_answer(runner, task=task, answer=answer)
+        return await evaluate_answer(runner, task=task, answer=answer, owner=owner)
 
     return evaluate
 
 
-async def evaluate_code(runner: evaluator.Runner, *, task: str, code: str) -> Evaluation:
+async def evaluate_code(
+    runner: evaluator.Runner, *, task: str, code: str, owner: Hashable | None = None
+) -> Evaluation:
     """Run plain R code."""
     try:
-        check = await evaluator.check_code(runner, code)
+        check = await evaluator.check_code(runner, code, owner=owner)
     except evaluator.SandboxUnavailable as exc:
-        raise SandboxUnavailable(str(exc)) from exc
+        raise _translate(exc) from exc
     return to_evaluation(check, task=task)
+
+
+async def _all(coros: Iterable[Awaitable[T]]) -> list[T]:
+    """Every result in order; on the first failure the rest are cancelled (their snippets leave
+    the queue) and that failure is raised as it is."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def check_request(request: EvaluateRequest) -> None:
@@ -86,11 +115,14 @@ async def evaluate_request(runner: evaluator.Runner, request: EvaluateRequest) -
     Results keep request order; a pair's old `evaluation` is replaced."""
     check_request(request)
     started = time.perf_counter()
-    pair_evals, snippet_evals = await asyncio.gather(
-        asyncio.gather(*(evaluate_answer(runner, task=p.task, answer=p.answer) for p in request.pairs)),
-        asyncio.gather(*(evaluate_code(runner, task="generate", code=s.code) for s in request.snippets)),
+    owner = object()  # this request's snippets take their turns together
+    evaluations = await _all(
+        [
+            *(evaluate_answer(runner, task=p.task, answer=p.answer, owner=owner) for p in request.pairs),
+            *(evaluate_code(runner, task="generate", code=s.code, owner=owner) for s in request.snippets),
+        ]
     )
-    evaluations = [*pair_evals, *snippet_evals]
+    pair_evals, snippet_evals = evaluations[: len(request.pairs)], evaluations[len(request.pairs) :]
     counts = Counter(e.verdict for e in evaluations)
     return EvaluateResponse(
         pairs=[
@@ -131,8 +163,9 @@ async def build_report(
                 "the report needs the R sandbox to evaluate pairs, and it is not running"
             )
         sandbox = runner.describe()
-        done = await asyncio.gather(
-            *(evaluate_answer(runner, task=pairs[i].task, answer=pairs[i].answer) for i in todo)
+        owner = object()
+        done = await _all(
+            evaluate_answer(runner, task=pairs[i].task, answer=pairs[i].answer, owner=owner) for i in todo
         )
         for i, evaluation in zip(todo, done, strict=True):
             evaluations[i] = evaluation

@@ -240,3 +240,34 @@ def test_serve_refuses_to_start_open_on_every_interface() -> None:
         and "--insecure-no-auth" in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+async def test_turn_slots_let_owners_in_by_turns_and_pass_on_a_cancelled_turn() -> None:
+    from service.api.auth import TurnSlots
+
+    slots = TurnSlots(1)
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def use(owner: str, name: str, *, hold: bool = False) -> None:
+        async with slots.hold(owner):
+            order.append(name)
+            if hold:
+                await gate.wait()
+
+    first = asyncio.create_task(use("big", "big-0", hold=True))
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(use("big", f"big-{i}")) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    doomed = asyncio.create_task(use("gone", "gone-0"))
+    small = asyncio.create_task(use("small", "small-0"))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(first, *waiters, small, return_exceptions=True)
+    assert doomed.cancelled()
+    # big's queue and small's take turns: small is second in, not behind all of big.
+    assert order == ["big-0", "big-1", "small-0", "big-2", "big-3"]
+    async with slots.hold("after"):  # every slot came back
+        pass

@@ -150,3 +150,124 @@ async def test_generate_drops_failing_answers_under_drop(llm_server: FakeLLMServ
     assert {d["stage"] for d in body["dropped"]} == {"evaluation"}
     assert all("runtime_error: boom" in d["reason"] for d in body["dropped"])
     assert len(failing.calls) == 3
+
+
+needs_sandbox = pytest.mark.skipif(
+    shutil.which("bwrap") is None or shutil.which("R") is None, reason="needs R and bubblewrap"
+)
+
+
+async def _post_and_drop(base_url: str, body: dict[str, object], after_s: float) -> None:
+    """Send a POST over a raw connection and close it without reading the answer."""
+    import asyncio
+    import json
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    payload = json.dumps(body).encode()
+    _reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    writer.write(
+        b"POST /v1/evaluate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    await writer.drain()
+    await asyncio.sleep(after_s)
+    writer.close()
+    await writer.wait_closed()
+
+
+@pytest.mark.sandbox
+@needs_sandbox
+async def test_a_client_that_disconnects_frees_the_workers_at_once() -> None:
+    import time
+
+    import httpx
+
+    from tests.conftest import serve
+
+    app = app_with(sandbox="bwrap", eval_workers=2, eval_wall_s=10.0, eval_cpu_s=10.0)
+    with serve(app) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            warm = await client.post("/v1/evaluate", json={"snippets": [{"id": "w", "code": "1"}]})
+            assert warm.status_code == 200
+            dropped = {"snippets": [{"id": f"s{i}", "code": "Sys.sleep(4)"} for i in range(6)]}
+            await _post_and_drop(base_url, dropped, 0.5)
+            t0 = time.perf_counter()
+            response = await client.post(
+                "/v1/evaluate", json={"snippets": [{"id": "n", "code": "cat('next')"}]}
+            )
+            waited = time.perf_counter() - t0
+    assert response.status_code == 200, response.text
+    assert response.json()["snippets"][0]["evaluation"]["stdout"] == "next"
+    assert waited < 1.5, waited  # was 11.6 s: the dropped request's snippets ran on
+
+
+@pytest.mark.sandbox
+@needs_sandbox
+async def test_requests_take_turns_and_a_full_queue_is_a_503_with_retry_after() -> None:
+    import asyncio
+    import time
+
+    import httpx
+
+    from tests.conftest import serve
+
+    # quota_snippets: one caller (anonymous, as both requests are) may have all of them in the pool.
+    app = app_with(
+        sandbox="bwrap",
+        eval_workers=2,
+        eval_wall_s=10.0,
+        eval_cpu_s=10.0,
+        eval_queue=5000,
+        quota_snippets=10_000,
+    )
+    big = {"snippets": [{"id": f"b{i}", "code": "Sys.sleep(0.2)"} for i in range(5000)]}
+    with serve(app) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+            await client.post("/v1/evaluate", json={"snippets": [{"id": "w", "code": "1"}]})
+            hog = asyncio.create_task(_post_and_drop(base_url, big, 3.0))
+            await asyncio.sleep(1.0)
+            t0 = time.perf_counter()
+            small = await client.post(
+                "/v1/evaluate", json={"snippets": [{"id": "s", "code": "cat('small')"}]}
+            )
+            waited = time.perf_counter() - t0
+            # 5,000 waiting (less the few that ran): room for few more, not for 100.
+            full = await client.post(
+                "/v1/evaluate", json={"snippets": [{"id": f"f{i}", "code": "1"} for i in range(100)]}
+            )
+            await hog
+    assert small.status_code == 200 and small.json()["snippets"][0]["evaluation"]["stdout"] == "small"
+    assert waited < 1.5, waited  # not 5,000 x 0.2 s / 2 workers
+    assert full.status_code == 503, full.text
+    assert int(full.headers["retry-after"]) >= 1
+    assert full.json()["title"] == "R sandbox busy" and "waiting" in full.json()["detail"]
+
+
+@pytest.mark.sandbox
+@needs_sandbox
+async def test_requests_of_one_key_take_turns_for_its_snippet_quota() -> None:
+    import asyncio
+    import time
+
+    import httpx
+
+    from tests.conftest import serve
+
+    # The default quota (4 snippets in flight a key): both requests are the same caller.
+    app = app_with(sandbox="bwrap", eval_workers=2, eval_wall_s=10.0, eval_cpu_s=10.0)
+    big = {"snippets": [{"id": f"b{i}", "code": "Sys.sleep(0.2)"} for i in range(300)]}
+    with serve(app) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+            await client.post("/v1/evaluate", json={"snippets": [{"id": "w", "code": "1"}]})
+            hog = asyncio.create_task(_post_and_drop(base_url, big, 3.0))
+            await asyncio.sleep(1.0)
+            t0 = time.perf_counter()
+            small = await client.post(
+                "/v1/evaluate", json={"snippets": [{"id": "s", "code": "cat('small')"}]}
+            )
+            waited = time.perf_counter() - t0
+            await hog
+    assert small.status_code == 200 and small.json()["snippets"][0]["evaluation"]["stdout"] == "small"
+    assert waited < 1.5, waited  # not 300 x 0.2 s / 2 workers behind the key's first-come slots

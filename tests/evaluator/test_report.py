@@ -157,7 +157,7 @@ def test_the_labelled_cases_all_get_their_expected_verdict(tmp_path: Path) -> No
     """33 answers, each labelled with the verdict it must get: every verdict, several ways each."""
     js = tmp_path / "cases.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "evaluator", "--wall-s", "3", "report", str(CASES),
+        [sys.executable, "-m", "evaluator", "--wall-s", "5", "report", str(CASES),
          "--html", str(tmp_path / "cases.html"), "--json", str(js)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -156,6 +156,28 @@ class _Index:
             cand, bound = cand[alive], bound[alive]
         return self._scan(seq, cand, bound, best, best_pos)
 
+    def above(self, seq: str, threshold: float) -> list[tuple[int, float]]:
+        """Every kept text (position, F) whose F with `seq` exceeds `threshold`: the same bound as
+        `nearest`, cut at the threshold instead of the best so far."""
+        m = len(seq)
+        postings = self._postings
+        parts = [p.data[: p.size] for k in self._keys(seq) if (p := postings.get(k)) is not None]
+        if not parts:
+            return []
+        hits = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        overlap = np.bincount(hits)
+        cand = np.flatnonzero(overlap)
+        cand = cand[overlap[cand] * _TWO_UP / (self._lens[cand] + m) > threshold]
+        seqs = self._seqs
+        similarity = LCSseq.similarity
+        found = []
+        for c in cand.tolist():
+            other = seqs[c]
+            f = rouge_f(similarity(seq, other), m, len(other))
+            if f > threshold:
+                found.append((c, f))
+        return found
+
     def _scan(
         self, seq: str, cand: np.ndarray, bound: np.ndarray, best: float, best_pos: int
     ) -> tuple[float, int]:
@@ -217,9 +239,23 @@ class Deduplicator:
         for id, text in items:
             self._keep(id, text)
 
-    def offer(self, id: str, text: str) -> Decision:
+    def add(self, id: str, text: str) -> None:
+        """Keep `text` unconditionally, as history is kept."""
+        self._keep(id, text)
+
+    def nearest(self, text: str) -> tuple[float, int]:
+        """Best F of `text` against everything kept, and the position (in keeping order) of the
+        earliest kept text at it; (0.0, -1) when nothing overlaps. Keeps nothing."""
         index = self._index(resolve(self.tokenizer, text))
-        best, position = index.nearest(index.encode(text))
+        return index.nearest(index.encode(text))
+
+    def above(self, text: str, threshold: float) -> list[tuple[int, float]]:
+        """(position, F) of every kept text whose F with `text` exceeds `threshold`. Keeps nothing."""
+        index = self._index(resolve(self.tokenizer, text))
+        return index.above(index.encode(text), threshold)
+
+    def offer(self, id: str, text: str) -> Decision:
+        best, position = self.nearest(text)
         kept = best <= self.threshold
         nearest = self._ids[position] if position >= 0 else None
         if kept:

@@ -1,0 +1,81 @@
+"""In this process: the single-machine greedy filter and one warm R worker pool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+from service.runners.base import EvalItem
+from service.settings import Settings
+from service.stages.dedup import Decision, Deduplicator
+from service.stages.evaluate import evaluate_answer, evaluate_code
+from service.wire.evaluate import Evaluation
+
+__all__ = ["InProcessRunner", "evaluate_item", "pool_runtime"]
+
+
+def pool_runtime(settings: Settings) -> Any:
+    """The service's own Runtime, for its R pool with the limits the settings give."""
+    from service.providers.registry import ProviderRegistry
+    from service.runtime import Runtime
+
+    return Runtime(settings=settings, providers=ProviderRegistry(settings))
+
+
+async def evaluate_item(runner: Any, item: EvalItem) -> Evaluation:
+    """What /v1/evaluate does with a pair's answer or a snippet."""
+    if item.kind == "answer":
+        return await evaluate_answer(runner, task=item.task, answer=item.text)
+    return await evaluate_code(runner, task=item.task, code=item.text)
+
+
+class InProcessRunner:
+    name = "in-process"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._runtime: Any = None
+        self._describe: dict[str, str] = {"runner": self.name}
+
+    def dedup(
+        self,
+        items: Iterable[tuple[str, str]],
+        *,
+        existing: Iterable[tuple[str, str]] = (),
+        threshold: float = 0.7,
+        tokenizer: str = "auto",
+    ) -> Iterator[Decision]:
+        dedup = Deduplicator(threshold=threshold, tokenizer=tokenizer)
+        dedup.add_existing(existing)
+        for id, text in items:
+            yield dedup.offer(id, text)
+
+    async def evaluate(self, items: Iterable[EvalItem]) -> AsyncIterator[Evaluation]:
+        """At most a few snippets per worker in flight; each result is yielded once those before it are."""
+        if self._runtime is None:
+            self._runtime = pool_runtime(self.settings)
+        runner = await self._runtime.runner()
+        self._describe = {"runner": self.name, **runner.describe()}
+        window = 4 * (self.settings.eval_workers or os.cpu_count() or 1)
+        in_flight: deque[asyncio.Task[Evaluation]] = deque()
+        try:
+            for item in items:
+                in_flight.append(asyncio.create_task(evaluate_item(runner, item)))
+                if len(in_flight) >= window:
+                    yield await in_flight.popleft()
+            while in_flight:
+                yield await in_flight.popleft()
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    def describe(self) -> dict[str, str]:
+        return dict(self._describe)
+
+    async def aclose(self) -> None:
+        if self._runtime is not None:
+            await self._runtime.aclose()
+            self._runtime = None
