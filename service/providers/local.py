@@ -19,6 +19,11 @@ runs exactly as many calls as there are slots and picks the slot of each call it
   system prompt evaluates its prompt alone, the slot is saved to a snapshot file (llama.cpp's slot
   save/restore), and the calls that wait for it restore the snapshot into their slots in about a
   millisecond. Snapshots live in a private temporary directory, removed when the provider closes.
+
+Calls go through a lane like every provider's (`limiter.Lane`), with a fixed limit equal to the
+slots instead of an adaptive one: llama.cpp never throttles, and a fifth call would only wait in its
+queue. The lane retries a failed attempt and keeps a breaker, and `/ready` shows its calls in flight
+and queued.
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ import msgspec
 from service.errors import ProviderNotConfigured, ProviderUnavailable
 from service.providers import _gguf
 from service.providers._cpu import available_cores
+from service.providers._sdk import lane_policies
 from service.providers.base import Completion, CompletionRequest, UnreadableResponse, classify_sdk_error
+from service.providers.limiter import BreakerPolicy, Failure, Lane, LaneState, RetryPolicy
 from service.settings import Settings
 from service.wire.base import Usage
 
@@ -137,6 +144,8 @@ class LocalProvider:
         context: int = 4096,
         request_timeout_s: float = 300.0,
         cache_directory: Path | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerPolicy | None = None,
     ) -> None:
         if (model_path is None) == (packaged is None):
             raise ValueError("give exactly one of model_path and packaged")
@@ -155,6 +164,13 @@ class LocalProvider:
         self._load_s: float | None = None
         self._spin: str | None = None
         self._pool = _SlotPool(self._slots)
+        self._lane = Lane(
+            provider=self.name,
+            model=self.default_model,
+            concurrency=self._slots,
+            retry=retry or RetryPolicy(),
+            breaker=breaker if breaker is not None else BreakerPolicy(),
+        )
         # System-prompt key -> snapshot file name (None: the server could not save one).
         self._snapshots: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self._priming: dict[str, asyncio.Future[None]] = {}
@@ -171,11 +187,14 @@ class LocalProvider:
                 provider="local",
                 field="model.provider",
             )
+        _, retry, breaker = lane_policies(settings)
         common: dict[str, Any] = {
             "slots": settings.local_slots,
             "threads": settings.local_threads,
             "context": settings.local_context,
             "request_timeout_s": settings.request_timeout_s,
+            "retry": retry,
+            "breaker": breaker,
         }
         packaged = _packaged(settings)
         if packaged is None:
@@ -206,8 +225,13 @@ class LocalProvider:
                 field="model.name",
             )
         await self._ensure_started()
+        return await self._lane.call(lambda: self._attempt(request), self._classify)
+
+    async def _attempt(self, request: CompletionRequest) -> Completion:
+        """One attempt on a slot of its own; the lane retries it when it fails."""
         key = hashlib.sha256(request.system.encode()).hexdigest()[:32]
-        primer = await self._wait_for_snapshot(key)
+        # One slot keeps its own system prompt between calls: there is no other slot to copy it to.
+        primer = await self._wait_for_snapshot(key) if self._slots > 1 else None
         first: _Reply | None = None
         try:
             slot, holds_key = await self._pool.acquire(key)
@@ -241,13 +265,18 @@ class LocalProvider:
             truncated=reply.finish_reason == "length",
         )
 
-    def _error(self, exc: Exception) -> Exception:
+    def _classify(self, exc: Exception) -> Failure | None:
         import openai
 
         failure = classify_sdk_error(exc, sdk=openai, provider=self.name)
-        if failure is None:
-            return ProviderUnavailable(f"local model error: {exc}", provider=self.name)
-        return failure.error
+        if failure is None and isinstance(exc, openai.OpenAIError):
+            return Failure(
+                kind="failed", error=ProviderUnavailable(f"local model error: {exc}", provider=self.name)
+            )
+        return failure
+
+    def lanes(self) -> list[LaneState]:
+        return [self._lane.state()]
 
     async def _wait_for_snapshot(self, key: str) -> asyncio.Future[None] | None:
         """Wait while another call evaluates this system prompt; or return the future this call must
@@ -292,9 +321,7 @@ class LocalProvider:
                     "max_tokens",
                     provider=self.name,
                 ) from exc
-            raise self._error(exc) from exc
-        except openai.OpenAIError as exc:
-            raise self._error(exc) from exc
+            raise
         latency_ms = (time.perf_counter() - started) * 1000
         if not response.choices:
             raise UnreadableResponse("the local model returned no choices", provider=self.name)
@@ -378,7 +405,7 @@ class LocalProvider:
         self._loaded = loaded
         self._load_s = time.perf_counter() - started
         self._client = openai.AsyncOpenAI(
-            base_url=f"{loaded.address}/v1", api_key=self._api_key, max_retries=1, timeout=self._timeout_s
+            base_url=f"{loaded.address}/v1", api_key=self._api_key, max_retries=0, timeout=self._timeout_s
         )
         self._status = "ready"
         log.info(

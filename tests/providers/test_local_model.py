@@ -151,7 +151,13 @@ def test_health_answers_while_several_generations_decode_on_all_threads() -> Non
         "tasks": [{"id": "explain"}, {"id": "generate"}],
         "themes": [{"id": "mean-variance"}, {"id": "hypothesis-tests"}],
         "per_cell": 1,
-        "model": {"provider": "local", "temperature": 0.2, "max_tokens": 160, "questions_per_call": 1},
+        "model": {
+            "provider": "local",
+            "temperature": 0.2,
+            "max_tokens": 256,
+            "questions_per_call": 1,
+            "seed": 1,
+        },
         "dedup": {"questions": False, "answers": False},
         "evaluation": {"enabled": False},
     }
@@ -160,6 +166,7 @@ def test_health_answers_while_several_generations_decode_on_all_threads() -> Non
     warm_up["model"] = {**spec["model"], "max_tokens": 16}
     latencies: list[float] = []
     failures: list[str] = []
+    in_flight: list[int] = []
     stop = threading.Event()
     with serve_in_background(create_app(SETTINGS)) as url:
         assert httpx.post(f"{url}/v1/generate", json=warm_up, timeout=600).status_code == 200
@@ -172,6 +179,9 @@ def test_health_answers_while_several_generations_decode_on_all_threads() -> Non
                     latencies.append(time.perf_counter() - started)
                     if response.status_code != 200:
                         failures.append(response.text)
+                    if len(latencies) % 10 == 0:
+                        lanes = client.get("/ready").json()["lanes"]
+                        in_flight.extend(lane["in_flight"] for lane in lanes if lane["provider"] == "local")
                     time.sleep(0.1)
 
         poller = threading.Thread(target=poll)
@@ -197,10 +207,16 @@ def test_health_answers_while_several_generations_decode_on_all_threads() -> Non
     described = ready["providers"]["local"]
     assert (described["status"], described["slots"]) == ("ready", "4")
     assert described["threads"] == str(available_cores())
+    # The lane sends as many calls as there are slots: the four cells' first calls all decode at once.
+    [lane] = [lane for lane in ready["lanes"] if lane["provider"] == "local"]
+    assert (lane["adaptive"], lane["limit"], lane["in_flight"], lane["failed"]) == (False, 4, 0, 0)
+    assert lane["calls"] >= 9  # the warm-up's two, then at least a question and an answer per cell
+    assert max(in_flight) == 4, in_flight
     assert not failures
-    # Polled every 0.1 s through the whole decode: never held up for long.
+    # Polled every 0.1 s through the whole decode (minutes): never held up for more than moments,
+    # even on a machine other work keeps busy.
     assert len(latencies) >= elapsed / 0.5
-    assert max(latencies) < 1.5, sorted(latencies)[-5:]
+    assert max(latencies) < 2.0, sorted(latencies)[-5:]
 
 
 async def test_generate_endpoint_uses_the_local_model() -> None:

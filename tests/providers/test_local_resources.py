@@ -122,3 +122,22 @@ async def test_slot_pool_bounds_calls_and_a_cancelled_waiter_takes_no_slot() -> 
         await waiter
     pool.release(slot, "a")
     assert await asyncio.wait_for(pool.acquire("a"), 1) == (0, True)
+
+
+async def test_ready_lists_the_local_lane_with_a_fixed_limit_of_the_slots(tmp_path: Path) -> None:
+    from litestar.testing import AsyncTestClient
+
+    from service.app import create_app
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF")
+    provider = LocalProvider(model_path=path, slots=3, threads=1)
+    settings = Settings(default_provider="local", sandbox="none", local_model_path=str(path))
+    async with AsyncTestClient(create_app(settings, providers={"local": provider})) as client:
+        body = (await client.get("/ready")).json()
+    [lane] = body["lanes"]
+    assert (lane["provider"], lane["model"]) == ("local", "m")
+    # llama.cpp never throttles: the limit is the slots, fixed, not adaptive.
+    assert (lane["adaptive"], lane["limit"], lane["max_limit"]) == (False, 3, 3)
+    assert (lane["in_flight"], lane["queued"], lane["breaker"]) == (0, 0, "closed")
+    assert body["providers"]["local"]["concurrency"] == "3"
