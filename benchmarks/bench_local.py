@@ -1,8 +1,13 @@
 """The embedded model with the old settings (1 slot, 1 thread) and the new defaults, side by side.
 
     .venv/bin/python benchmarks/bench_local.py                   # the demo job and the 3 x 5 x 1 grid, both ways
-    .venv/bin/python benchmarks/bench_local.py --jobs demo       # the README's main job only
+    .venv/bin/python benchmarks/bench_local.py --quick           # the README's main job only (--jobs demo)
+    .venv/bin/python benchmarks/bench_local.py --jobs grid       # the grid only (about 25 minutes)
     .venv/bin/python benchmarks/bench_local.py --contention      # decoding beside a busy R evaluator
+
+Old settings are how the provider ran before it had slots: one slot of 8,192 tokens, one thread, so
+no prompt snapshots are copied between slots. New are the defaults (`Settings`): 4 slots of 4,096
+tokens, one thread per usable core.
 
 Jobs: each run starts a fresh service (so the wall time includes the model load), sends the job to
 POST /v1/generate over loopback HTTP and waits for the whole response, R evaluation on. `demo` is
@@ -65,9 +70,13 @@ def load() -> str:
     return f"load {one:.2f}/{five:.2f}"
 
 
-def run_job(name: str, spec: dict[str, Any], *, slots: int, threads: int) -> dict[str, Any]:
+def run_job(name: str, spec: dict[str, Any], *, slots: int, threads: int, context: int) -> dict[str, Any]:
     settings = msgspec.structs.replace(
-        Settings.from_env(), default_provider="local", local_slots=slots, local_threads=threads
+        Settings.from_env(),
+        default_provider="local",
+        local_slots=slots,
+        local_threads=threads,
+        local_context=context,
     )
     before = load()
     started = time.perf_counter()
@@ -107,37 +116,41 @@ def run_job(name: str, spec: dict[str, Any], *, slots: int, threads: int) -> dic
     }
 
 
+def verdicts(r: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(r["verdicts"].items()))
+
+
 def describe(r: dict[str, Any]) -> str:
-    verdicts = ", ".join(f"{k} {v}" for k, v in sorted(r["verdicts"].items()))
     return (
         f"{r['job']:5} slots={r['slots']} threads={r['threads']}: {r['wall_s']:6.1f} s wall "
         f"(model load {r['load_s']:.1f} s), {r['returned']}/{r['requested']} pairs ({r['failed']} failed, "
         f"{r['dropped']} dropped), {r['output_tokens']} output tokens = {r['tok_s']:.1f} tok/s; prompt "
         f"{r['input_tokens']} tokens, {r['cached_tokens']} from cache; longest prompt {r['longest_prompt']}; "
-        f"verdicts: {verdicts}  [{r['load_before']} -> {r['load_after']}]"
+        f"verdicts: {verdicts(r)}  [{r['load_before']} -> {r['load_after']}]"
     )
 
 
 def jobs(names: list[str], new_slots: int, new_threads: int, order: str) -> None:
-    sides = [("old", 1, 1), ("new", new_slots, new_threads)]
+    sides = [("old", 1, 1, 8192), ("new", new_slots, new_threads, Settings().local_context)]
     if order == "new-first":
         sides.reverse()
     print(f"cores available: {available_cores()} (os.cpu_count() {os.cpu_count()}); {load()}", flush=True)
     results: dict[tuple[str, str], dict[str, Any]] = {}
     for name in names:
-        for side, slots, threads in sides:
-            result = run_job(name, JOBS[name], slots=slots, threads=threads)
+        for side, slots, threads, context in sides:
+            result = run_job(name, JOBS[name], slots=slots, threads=threads, context=context)
             results[(name, side)] = result
             print(f"{side}: {describe(result)}", flush=True)
     print()
-    print("| job | old: 1 slot, 1 thread | new | speed-up | verdicts old → new |")
-    print("|---|---|---|---|---|")
+    print("| job | old: 1 slot, 1 thread | new | speed-up | verdicts old → new | load average (1 min) |")
+    print("|---|---|---|---|---|---|")
     for name in names:
         old, new = results[(name, "old")], results[(name, "new")]
         print(
             f"| {name} | {old['wall_s']:.0f} s, {old['tok_s']:.1f} tok/s | {new['wall_s']:.0f} s, "
             f"{new['tok_s']:.1f} tok/s ({new['slots']} slots, {new['threads']} threads) | "
-            f"**{old['wall_s'] / new['wall_s']:.2f}×** | {old['verdicts']} → {new['verdicts']} |"
+            f"**{old['wall_s'] / new['wall_s']:.2f}×** | {verdicts(old)} → {verdicts(new)} | "
+            f"{old['load_before']} → {new['load_after']} |"
         )
 
 
@@ -236,6 +249,7 @@ def contention(tokens: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", nargs="*", choices=sorted(JOBS), default=["demo", "grid"])
+    parser.add_argument("--quick", action="store_true", help="the demo job only (--jobs demo)")
     parser.add_argument("--slots", type=int, default=Settings().local_slots, help="the new side's slots")
     parser.add_argument("--threads", type=int, default=0, help="the new side's threads (0: available cores)")
     parser.add_argument("--order", choices=("old-first", "new-first"), default="old-first")
@@ -250,7 +264,7 @@ def main() -> None:
     elif args.contention:
         contention(args.tokens, args.repeats)
     else:
-        jobs(args.jobs, args.slots, args.threads or available_cores(), args.order)
+        jobs(["demo"] if args.quick else args.jobs, args.slots, args.threads or available_cores(), args.order)
 
 
 if __name__ == "__main__":

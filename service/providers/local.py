@@ -532,21 +532,30 @@ def _import_runtime() -> str:
     its settings once, when it is loaded, so they are set just for the import; a user's
     GOMP_SPINCOUNT or OMP_WAIT_POLICY wins.
     """
-    for name in _OPENMP_VARIABLES:
-        if name in os.environ:
-            return f"{name}={os.environ[name]} (from the environment)"
-    if _libgomp_loaded():
-        return "libgomp default (libgomp was loaded before the provider started)"
     with _ENVIRON_LOCK:
-        os.environ["GOMP_SPINCOUNT"] = OPENMP_SPINCOUNT
-        try:
-            import xllamacpp  # noqa: F401
-        finally:
-            del os.environ["GOMP_SPINCOUNT"]
-    return f"GOMP_SPINCOUNT={OPENMP_SPINCOUNT}"
+        if _SPIN_IN_EFFECT:  # an earlier provider of this process imported it
+            return _SPIN_IN_EFFECT[0]
+        for name in _OPENMP_VARIABLES:
+            if name in os.environ:
+                spin = f"{name}={os.environ[name]} (from the environment)"
+                break
+        else:
+            if _libgomp_loaded():
+                spin = "libgomp default (libgomp was loaded before the provider started)"
+            else:
+                os.environ["GOMP_SPINCOUNT"] = OPENMP_SPINCOUNT
+                try:
+                    import xllamacpp  # noqa: F401
+                finally:
+                    del os.environ["GOMP_SPINCOUNT"]
+                spin = f"GOMP_SPINCOUNT={OPENMP_SPINCOUNT}"
+        _SPIN_IN_EFFECT.append(spin)
+        return spin
 
 
 _ENVIRON_LOCK = threading.Lock()
+# What libgomp read when the first provider of this process imported xllamacpp: it reads it once.
+_SPIN_IN_EFFECT: list[str] = []
 
 
 def _read_through(path: Path) -> None:
