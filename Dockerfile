@@ -19,7 +19,7 @@
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends r-base-core bubblewrap libseccomp2 \
+ && apt-get install -y --no-install-recommends r-base-core r-cran-lintr bubblewrap libseccomp2 \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

@@ -14,7 +14,15 @@ Bad R is data (a verdict); only a sandbox that cannot run at all raises
 from evaluator._check import check_answer, check_code
 from evaluator._extract import CodeBlock, Extraction, extract_code
 from evaluator._pool import WorkerPool, start_runner
-from evaluator._report import Report, ReportEntry, ReportGroup, build_report, render_html
+from evaluator._report import (
+    CheckTally,
+    QualityMark,
+    Report,
+    ReportEntry,
+    ReportGroup,
+    build_report,
+    render_html,
+)
 from evaluator._types import (
     CODE_OPTIONAL_TASKS,
     Check,
@@ -32,10 +40,12 @@ from evaluator.fake import FakeRunner
 __all__ = [
     "CODE_OPTIONAL_TASKS",
     "Check",
+    "CheckTally",
     "CodeBlock",
     "Extraction",
     "FakeRunner",
     "Limits",
+    "QualityMark",
     "QueueFull",
     "Report",
     "ReportEntry",

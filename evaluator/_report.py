@@ -3,7 +3,9 @@
 The page has no script and loads nothing: its CSS is inline and a Content-Security-Policy
 forbids every fetch, so it can be mailed, archived or opened offline and look the same.
 Flagged answers come first, each with its evidence: the verdict, R's message, the failing
-call, the code with the failing line marked, warnings and what it printed.
+call, the code with the failing line marked, warnings and what it printed. Entries that carry
+task-aware checks (`QualityMark`) are flagged by those checks, and the report adds each check's
+pass rate, repaired and top-up answers and a diversity figure per task × theme.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import msgspec
 
 from evaluator._types import Check, is_flagged
 
-__all__ = ["Report", "ReportEntry", "ReportGroup", "build_report", "render_html"]
+__all__ = ["CheckTally", "QualityMark", "Report", "ReportEntry", "ReportGroup", "build_report", "render_html"]
 
 VERDICT_ORDER = (
     "passed",
@@ -54,8 +56,31 @@ COLOURS = {
 }
 
 
+class QualityMark(msgspec.Struct, frozen=True, kw_only=True):
+    """One named check of an answer or its question: passed or not, blocking or a warning."""
+
+    name: str
+    passed: bool
+    blocking: bool
+    evidence: str = ""
+
+
+class CheckTally(msgspec.Struct, frozen=True, kw_only=True):
+    passed: int = 0
+    failed: int = 0
+
+    @property
+    def pass_rate(self) -> float:
+        return self.passed / (self.passed + self.failed) if self.passed + self.failed else 0.0
+
+
 class ReportEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One answer and what its check found; `check` is None when it was not evaluated."""
+    """One answer and what its check found; `check` is None when it was not evaluated.
+
+    `checks`, when given, are the task-aware checks of the pair: a failed blocking one flags it.
+    `repaired` (the answer was rewritten from evidence and now passes) and `top_up` (it replaced a
+    dropped item) come from the pair's provenance.
+    """
 
     id: str
     task: str = ""
@@ -65,6 +90,9 @@ class ReportEntry(msgspec.Struct, frozen=True, kw_only=True):
     check: Check | None = None
     expected: str | None = None
     """A verdict someone expects (a labelled validation set); the report counts agreement."""
+    checks: tuple[QualityMark, ...] = ()
+    repaired: bool = False
+    top_up: bool = False
 
     @property
     def verdict(self) -> str:
@@ -72,6 +100,8 @@ class ReportEntry(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def flagged(self) -> bool:
+        if self.checks:
+            return any(c.blocking and not c.passed for c in self.checks)
         return self.check is not None and is_flagged(self.check.verdict, self.task)
 
 
@@ -82,6 +112,10 @@ class ReportGroup(msgspec.Struct, frozen=True, kw_only=True):
     passed: int
     flagged: int
     verdicts: dict[str, int]
+    checks: dict[str, CheckTally] = {}
+    repaired: int = 0
+    top_up: int = 0
+    diversity: float | None = None
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,8 +146,10 @@ def build_report(
     title: str = "R answer validation report",
     environment: Mapping[str, str] | None = None,
     now: dt.datetime | None = None,
+    diversity: Mapping[tuple[str, str], float | None] | None = None,
 ) -> Report:
-    """Sum the entries up; flagged entries first (by verdict, then id), then the rest."""
+    """Sum the entries up; flagged entries first (by verdict, then id), then the rest. `diversity`
+    per (task, theme) is computed by the caller (it needs the ROUGE-L tokenizers)."""
     items = list(entries)
     verdicts = Counter(e.verdict for e in items)
     groups: dict[tuple[str, str], list[ReportEntry]] = {}
@@ -139,6 +175,10 @@ def build_report(
                 passed=sum(m.verdict == "passed" for m in members),
                 flagged=sum(m.flagged for m in members),
                 verdicts=dict(Counter(m.verdict for m in members)),
+                checks=_tally(members),
+                repaired=sum(m.repaired for m in members),
+                top_up=sum(m.top_up for m in members),
+                diversity=(diversity or {}).get((task, theme)),
             )
             for (task, theme), members in sorted(groups.items())
         ],
@@ -148,6 +188,14 @@ def build_report(
         expected_agree=len(labelled) - len(disagree),
         disagreements=disagree,
     )
+
+
+def _tally(members: list[ReportEntry]) -> dict[str, CheckTally]:
+    counts: Counter[tuple[str, bool]] = Counter((c.name, c.passed) for m in members for c in m.checks)
+    return {
+        name: CheckTally(passed=counts[(name, True)], failed=counts[(name, False)])
+        for name in sorted({n for n, _ in counts})
+    }
 
 
 # ---- HTML -----------------------------------------------------------------------------
@@ -173,6 +221,7 @@ table { border-collapse: collapse; width: 100%; font-size: 14px; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { background: var(--bg); font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.bad { color: #b71c1c; font-weight: 600; }
 th.v { font-size: 12px; font-weight: 600; }
 .wide { overflow-x: auto; }
 .badge { display: inline-block; color: #fff; border-radius: 4px; padding: 0 7px; font-size: 12px; font-weight: 600;
@@ -237,9 +286,21 @@ def _entry(e: ReportEntry, *, open_: bool) -> str:
     if c is not None and c.message:
         first = c.message.splitlines()[0] if c.message.splitlines() else c.message
         parts.append(f'<span class="where">— {_e(first[:140])}</span>')
+    blocking = [q.name for q in e.checks if q.blocking and not q.passed]
+    if blocking:
+        parts.append(f'<span class="expected">{_e(", ".join(blocking))}</span>')
     parts.append('</summary><div class="body">')
     if e.question:
         parts.append(f'<div class="label">Question</div><div class="q">{_e(e.question)}</div>')
+    failed = [q for q in e.checks if not q.passed]
+    if failed:
+        items = "".join(
+            f"<li><b>{_e(q.name)}</b>{'' if q.blocking else ' (warning)'}: {_e(q.evidence)}</li>"
+            for q in failed
+        )
+        parts.append(f'<div class="label">Failed checks</div><ul class="warn">{items}</ul>')
+    if e.repaired:
+        parts.append('<div class="where">repaired from the evidence of an earlier answer</div>')
     if c is not None:
         if c.message or c.failing_call:
             parts.append(f'<div class="label">Evidence: {_e(VERDICT_TEXT.get(c.verdict, c.verdict))}</div>')
@@ -289,12 +350,32 @@ def render_html(report: Report) -> str:
     )
     verdict_cols = [v for v in VERDICT_ORDER if v in report.verdicts]
     head = "".join(f'<th class="num v">{_e(v).replace("_", "_<wbr>")}</th>' for v in verdict_cols)
+    head += "<th class='num'>repaired</th><th class='num'>top-up</th><th class='num'>diversity</th>"
     rows = "".join(
         f"<tr><td>{_e(g.task)}</td><td>{_e(g.theme)}</td><td class='num'>{g.total}</td>"
         f"<td class='num'>{g.flagged}</td>"
         + "".join(f"<td class='num'>{g.verdicts.get(v, 0) or ''}</td>" for v in verdict_cols)
+        + f"<td class='num'>{g.repaired or ''}</td><td class='num'>{g.top_up or ''}</td>"
+        + f"<td class='num'>{'' if g.diversity is None else f'{g.diversity:.2f}'}</td>"
         + "</tr>"
         for g in report.groups
+    )
+    check_names = sorted({name for g in report.groups for name in g.checks})
+    check_head = "".join(f'<th class="num v">{_e(n).replace("_", "_<wbr>")}</th>' for n in check_names)
+
+    def rate(g: ReportGroup, name: str) -> str:
+        t = g.checks.get(name)
+        if t is None:
+            return "<td class='num'></td>"
+        bad = " class='num bad'" if t.failed else " class='num'"
+        return f"<td{bad} title='{t.passed} passed, {t.failed} failed'>{t.pass_rate:.0%}</td>"
+
+    check_rows = "".join(
+        f"<tr><td>{_e(g.task)}</td><td>{_e(g.theme)}</td>"
+        + "".join(rate(g, n) for n in check_names)
+        + "</tr>"
+        for g in report.groups
+        if g.checks
     )
     flagged = [e for e in report.entries if e.flagged]
     others = [e for e in report.entries if not e.flagged]
@@ -315,6 +396,15 @@ def render_html(report: Report) -> str:
         f"<div class='wide'><table><thead><tr><th>task</th><th>theme</th><th class='num'>answers</th>"
         f"<th class='num'>flagged</th>{head}</tr></thead><tbody>{rows}</tbody></table></div>",
     ]
+    if check_rows:
+        out += [
+            "<h2>Checks by task and theme</h2>",
+            "<p class='sub'>Share of the checked questions and answers that passed each check; "
+            "diversity above is each question's highest ROUGE-L against the others of its cell, averaged "
+            "(lower is more varied).</p>",
+            f"<div class='wide'><table><thead><tr><th>task</th><th>theme</th>{check_head}</tr></thead>"
+            f"<tbody>{check_rows}</tbody></table></div>",
+        ]
     if report.expected_total:
         by_id = {e.id: e for e in report.entries}
 

@@ -15,7 +15,8 @@ for arg in "$@"; do
   esac
 done
 
-apt_packages=(r-base-core bubblewrap libseccomp2 python3-venv)
+# r-cran-lintr: the answer checks lint R code (in the sandbox) against the conventions.
+apt_packages=(r-base-core r-cran-lintr bubblewrap libseccomp2 python3-venv)
 if [ "$dev" = 1 ]; then
   # Chromium renders the HTML report in tests; jsonlite serves scripts/extract_r_help_corpus.R;
   # gcc builds the native probe the sandbox tests smuggle into the sandbox.

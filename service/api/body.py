@@ -25,7 +25,8 @@ from service.errors import InvalidInput
 __all__ = ["TOO_DEEP", "QasynthRequest"]
 
 TOO_DEEP = "the body nests JSON arrays or objects too deeply (the limit is about 1,000 levels)"
-_PATH = re.compile(r" - at `\$\.?(.*)`$")
+# "- at `$.a.b`", or "- at `key` in `$.a.b`" when a key of a mapping is wrong.
+_PATH = re.compile(r" - at `(?:key` in `)?\$\.?(.*)`$")
 
 
 def _number(text: str) -> float | int:

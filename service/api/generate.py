@@ -17,7 +17,7 @@ from service.api.openapi import TEXT, documented
 from service.api.problems import problems
 from service.errors import ProviderRejected, ProviderUnavailable
 from service.runtime import Runtime
-from service.stages.evaluate import Evaluate, answer_evaluator
+from service.stages.evaluate import Sandbox, answer_evaluator
 from service.stages.pipeline import collect, run_job
 from service.stages.spec import resolve_spec
 from service.wire.generate import Event, GenerateResponse, Spec
@@ -68,7 +68,7 @@ async def generate(
 ) -> Response[GenerateResponse]:
     job = resolve_spec(data)
     provider = runtime.providers.get(data.model.provider)
-    evaluate: Evaluate | None = None
+    evaluate: Sandbox | None = None
     if data.evaluation.enabled:
         evaluate = answer_evaluator(caller.runner(await runtime.runner()))
 

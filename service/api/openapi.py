@@ -77,7 +77,18 @@ class ClosedStructs(StructSchemaPlugin):
             prop = (schema.properties or {}).get(field.encode_name)
             if isinstance(prop, Schema):
                 _numeric_bounds(field.type, prop)
+                _literal_keys(field.type, prop)
         return schema
+
+
+def _literal_keys(type_: msgspec.inspect.Type, prop: Schema) -> None:
+    """Litestar leaves a mapping's keys unstated; a `dict[Literal[...], ...]` accepts only those keys."""
+    if not isinstance(type_, msgspec.inspect.DictType):
+        return
+    if isinstance(type_.key_type, msgspec.inspect.LiteralType):
+        prop.property_names = Schema(type=OpenAPIType.STRING, enum=list(type_.key_type.values))
+    if isinstance(prop.additional_properties, Schema):
+        _literal_keys(type_.value_type, prop.additional_properties)
 
 
 _BOUNDS = (("ge", "minimum"), ("le", "maximum"), ("gt", "exclusive_minimum"), ("lt", "exclusive_maximum"))

@@ -38,7 +38,8 @@ async def generate_answer(
     theme: ResolvedTheme,
     *,
     question: str,
+    question_output: str = "",
     retries: int,
 ) -> Call[str]:
-    request = answer_request(job, template, task, theme, question=question)
+    request = answer_request(job, template, task, theme, question=question, question_output=question_output)
     return await call_until_parsed(provider, request, parse_answer, retries=retries)

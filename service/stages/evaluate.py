@@ -18,16 +18,20 @@ import msgspec
 
 import evaluator
 from service.errors import InvalidInput, SandboxBusy, SandboxUnavailable
-from service.wire.evaluate import EvaluateRequest, EvaluateResponse, Evaluation, SnippetResult
-from service.wire.generate import Pair
+from service.stages import quality
+from service.stages.spec import BUILT_IN_KINDS, locale_defaults
+from service.wire.evaluate import EvaluateRequest, EvaluateResponse, Evaluation, Quality, SnippetResult
+from service.wire.generate import CheckCount, Pair
 from service.wire.reports import Report, ReportGroup, ReportItem
 
 T = TypeVar("T")
 
 __all__ = [
     "Evaluate",
+    "Sandbox",
     "answer_evaluator",
     "build_report",
+    "check_pair",
     "check_request",
     "evaluate_answer",
     "evaluate_code",
@@ -70,14 +74,31 @@ async def evaluate_answer(
 Evaluate = Callable[[str, str], Awaitable[Evaluation]]
 
 
-def answer_evaluator(runner: evaluator.Runner) -> Evaluate:
-    """One evaluator per job: its answers are one owner's work in the pool's turns."""
-    owner = object()
+class Sandbox:
+    """A runner bound for one job: callable as an `Evaluate` (an answer's code), and it runs plain code
+    (a question's code) and the quality checks' own snippets, all through `runner.run(code)`, as one
+    owner's work in the pool's turns."""
 
-    async def evaluate(task: str, answer: str) -> Evaluation:
-        return await evaluate_answer(runner, task=task, answer=answer, owner=owner)
+    def __init__(self, runner: evaluator.Runner) -> None:
+        self.runner = runner
+        self.owner = object()
 
-    return evaluate
+    async def __call__(self, task: str, answer: str) -> Evaluation:
+        return await evaluate_answer(self.runner, task=task, answer=answer, owner=self.owner)
+
+    async def code(self, task: str, code: str) -> Evaluation:
+        return await evaluate_code(self.runner, task=task, code=code, owner=self.owner)
+
+    async def run(self, code: str) -> evaluator.RunResult:
+        try:
+            return await self.runner.run(code, owner=self.owner)
+        except evaluator.SandboxUnavailable as exc:
+            raise _translate(exc) from exc
+
+
+def answer_evaluator(runner: evaluator.Runner) -> Sandbox:
+    """One sandbox per job: its snippets are one owner's work in the pool's turns."""
+    return Sandbox(runner)
 
 
 async def evaluate_code(
@@ -141,6 +162,42 @@ def needs_runner(pairs: Sequence[Pair], mode: Literal["missing", "all", "none"])
     return mode == "all" or (mode == "missing" and any(p.evaluation is None for p in pairs))
 
 
+async def check_pair(sandbox: Sandbox, pair: Pair, evaluation: Evaluation | None) -> Quality:
+    """The task-aware checks of a pair made elsewhere: the built-in policy of its task (a task that is
+    not built in gets the checks every task gets) and the built-in conventions of its locale."""
+    kind = pair.task if pair.task in BUILT_IN_KINDS else None
+    policy = quality.policy_for(pair.task, kind, {})
+    question_checks, facts = await quality.check_question(
+        sandbox, task=pair.task, kind=kind, locale=pair.locale, question=pair.question, policy=policy
+    )
+    answer_checks = await quality.check_answer(
+        sandbox,
+        task=pair.task,
+        kind=kind,
+        locale=pair.locale,
+        conventions=locale_defaults(pair.locale).conventions,
+        question=facts,
+        answer=pair.answer,
+        evaluation=evaluation,
+        policy=policy,
+    )
+    return quality.combine(question_checks, answer_checks)
+
+
+def _check_counts(tallies: dict[str, evaluator.CheckTally]) -> dict[str, CheckCount]:
+    return {
+        name: CheckCount(passed=t.passed, failed=t.failed, pass_rate=round(t.pass_rate, 4))
+        for name, t in tallies.items()
+    }
+
+
+def _diversity(pairs: Sequence[Pair]) -> dict[tuple[str, str], float | None]:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for p in pairs:
+        groups.setdefault((p.task, p.theme), []).append(p.question)
+    return {key: quality.diversity(questions) for key, questions in groups.items()}
+
+
 async def build_report(
     pairs: Sequence[Pair],
     *,
@@ -148,9 +205,11 @@ async def build_report(
     evaluate: Literal["missing", "all", "none"] = "missing",
     title: str = "R answer validation report",
 ) -> tuple[Report, str]:
-    """The report as wire data and as HTML. Pairs are run as `evaluate` says; `runner` may be
+    """The report as wire data and as HTML. Pairs are run as `evaluate` says, and a pair that runs
+    gets its task-aware checks when it has none (all of them again under `all`); `runner` may be
     None only when nothing needs running."""
     evaluations: list[Evaluation | None] = [p.evaluation for p in pairs]
+    qualities: list[Quality | None] = [p.quality for p in pairs]
     todo = [
         i
         for i, p in enumerate(pairs)
@@ -163,12 +222,20 @@ async def build_report(
                 "the report needs the R sandbox to evaluate pairs, and it is not running"
             )
         sandbox = runner.describe()
-        owner = object()
-        done = await _all(
-            evaluate_answer(runner, task=pairs[i].task, answer=pairs[i].answer, owner=owner) for i in todo
-        )
-        for i, evaluation in zip(todo, done, strict=True):
+        bound = Sandbox(runner)
+
+        async def one(i: int) -> tuple[Evaluation, Quality | None]:
+            pair = pairs[i]
+            evaluation = await bound(pair.task, pair.answer)
+            checked = qualities[i]
+            if checked is None or evaluate == "all":
+                checked = await check_pair(bound, pair, evaluation)
+            return evaluation, checked
+
+        done = await _all(one(i) for i in todo)
+        for i, (evaluation, checked) in zip(todo, done, strict=True):
             evaluations[i] = evaluation
+            qualities[i] = checked
     entries = [
         evaluator.ReportEntry(
             id=p.id,
@@ -177,11 +244,23 @@ async def build_report(
             question=p.question,
             answer=p.answer,
             check=to_check(ev) if ev is not None else None,
+            checks=tuple(
+                evaluator.QualityMark(name=c.name, passed=c.passed, blocking=c.blocking, evidence=c.evidence)
+                for c in (q.checks if q is not None else [])
+            ),
+            repaired=bool(p.provenance and p.provenance.repairs) and not (q is not None and q.flagged),
+            top_up=bool(p.provenance and p.provenance.top_up),
         )
-        for p, ev in zip(pairs, evaluations, strict=True)
+        for p, ev, q in zip(pairs, evaluations, qualities, strict=True)
     ]
-    data = evaluator.build_report(entries, title=title, environment=sandbox)
-    by_id = {p.id: ev for p, ev in zip(pairs, evaluations, strict=True)}
+    variety = await asyncio.to_thread(_diversity, pairs)
+    data = evaluator.build_report(entries, title=title, environment=sandbox, diversity=variety)
+    by_id = {p.id: (ev, q) for p, ev, q in zip(pairs, evaluations, qualities, strict=True)}
+    totals: dict[str, evaluator.CheckTally] = {}
+    for g in data.groups:
+        for name, t in g.checks.items():
+            old = totals.get(name, evaluator.CheckTally())
+            totals[name] = evaluator.CheckTally(passed=old.passed + t.passed, failed=old.failed + t.failed)
     report = Report(
         title=data.title,
         generated_at=data.generated_at,
@@ -191,7 +270,21 @@ async def build_report(
         unevaluated=data.unevaluated,
         pass_rate=round(data.pass_rate, 4),
         verdicts=data.verdicts,
-        groups=[msgspec.convert(msgspec.to_builtins(g), type=ReportGroup) for g in data.groups],
+        groups=[
+            ReportGroup(
+                task=g.task,
+                theme=g.theme,
+                total=g.total,
+                passed=g.passed,
+                flagged=g.flagged,
+                verdicts=g.verdicts,
+                checks=_check_counts(g.checks),  # type: ignore[arg-type]
+                repaired=g.repaired,
+                top_up=g.top_up,
+                diversity=g.diversity,
+            )
+            for g in data.groups
+        ],
         items=[
             ReportItem(
                 id=e.id,
@@ -200,10 +293,13 @@ async def build_report(
                 verdict=e.verdict,
                 flagged=e.flagged,
                 question=e.question,
-                evaluation=by_id.get(e.id),
+                evaluation=by_id[e.id][0] if e.id in by_id else None,
+                quality=by_id[e.id][1] if e.id in by_id else None,
             )
             for e in data.entries
         ],
         sandbox=sandbox,
+        checks=_check_counts(dict(sorted(totals.items()))),  # type: ignore[arg-type]
+        repaired=sum(g.repaired for g in data.groups),
     )
     return report, evaluator.render_html(data)

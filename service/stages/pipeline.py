@@ -1,14 +1,20 @@
 """Chains the stages per item, with no batch or stage barriers.
 
-Each cell asks for questions a few at a time; each question goes through dedup the
-moment it arrives, and a kept question starts its answer at once, while the cell
-goes on asking. An answer is deduplicated, evaluated and emitted on its own. The
-only shared limits are the provider's concurrency and the R worker pool.
+A cell runs a few question lanes. A lane takes free slots from the cell's ledger and makes
+questions for them: a few per call straight from the requirements (generate), or one at a time
+code first (explain, fix: `snippets.py`). Each question is checked, compared with the few-shot
+examples and deduplicated the moment it arrives; a kept question starts its answer at once, while
+the lane goes on. The item path is one function, `_item`:
 
-Every requested item ends as exactly one of: a pair, a dropped item (with the
-duplicate it resembles, or the failing verdict under `on_failure: drop`), or a
-failed item with the reason. `run_job` yields events as they happen; `collect`
-folds them into the non-streaming response.
+    answer → dedup → evaluate → checks → repair → a Pair, an ItemDropped or an ItemFailed
+
+A dropped item (a near-duplicate, a question or answer that fails its blocking checks, an unusable
+reply) frees its slot, and a waiting lane asks for another: top-up is the lanes' loop condition,
+bounded by the cell's call budget. A failed item (the provider or the sandbox could not serve it)
+loses its slot. When a cell ends, what it still misses is failed with `cell_budget_exhausted`, so
+per cell `requested = returned + failed`, and every drop is listed besides.
+
+`run_job` yields events as they happen; `collect` folds them into the non-streaming response.
 """
 
 from __future__ import annotations
@@ -17,32 +23,56 @@ import asyncio
 import hashlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from service.errors import ProviderError, ProviderRejected, SandboxUnavailable
 from service.providers.base import Provider
 from service.stages.answers import generate_answer
 from service.stages.calls import Call, MalformedReply
 from service.stages.dedup import Deduplicator
-from service.stages.evaluate import Evaluate
-from service.stages.prompts import Template, load_template
+from service.stages.evaluate import Sandbox
+from service.stages.ledger import BUDGET_FACTOR, CellLedger, Slot, calls_needed
+from service.stages.prompts import Kind, Template, load_templates, question_output
+from service.stages.quality import (
+    AnswerChecks,
+    Policy,
+    QuestionFacts,
+    check_answer,
+    check_question,
+    combine,
+    diversity,
+    policy_for,
+    prose,
+    warm_up,
+)
 from service.stages.questions import generate_questions
+from service.stages.repair import evidence_text, repair_answer
+from service.stages.snippets import CodeDraft, Skipped, make_code_question
 from service.stages.spec import Job, ResolvedTask, ResolvedTheme
 from service.wire.base import Usage
+from service.wire.evaluate import Evaluation, Quality
 from service.wire.generate import (
     AnswerGenerated,
     Cell,
     CellCount,
     CellStarted,
+    CheckCount,
+    Checked,
     Counts,
     Done,
     Dropped,
+    DropReason,
+    DropStage,
     Evaluated,
     Event,
     Failed,
+    FailReason,
     GenerateResponse,
     ItemDropped,
     ItemFailed,
@@ -50,10 +80,18 @@ from service.wire.generate import (
     PairReady,
     Provenance,
     QuestionGenerated,
+    RepairAttempt,
     StepProvenance,
 )
 
 __all__ = ["collect", "pair_id", "question_id", "run_job"]
+
+T = TypeVar("T")
+
+# Question lanes in flight at once for one cell: later calls see fewer earlier questions in their
+# avoid-list, so a few lanes trade a little variety for not serialising a large cell.
+MAX_LANES_PER_CELL = 4
+CODE_FIRST = frozenset({"explain", "fix"})
 
 
 def _digest(*parts: str) -> str:
@@ -70,14 +108,17 @@ def pair_id(task: str, theme: str, question: str, answer: str) -> str:
 
 class _Filter:
     """A Deduplicator behind its own single thread: CPU work leaves the event loop, and the
-    one thread keeps offers in arrival order, which is the greedy filter's order."""
+    one thread keeps offers in arrival order, which is the greedy filter's order. It also
+    scores a text against the few-shot questions, which are never kept in the filter."""
 
-    def __init__(self, job: Job, *, enabled: bool) -> None:
+    def __init__(self, job: Job, *, enabled: bool, examples: list[tuple[str, str]] | None = None) -> None:
         self.enabled = enabled
+        self.threshold = job.spec.dedup.threshold
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup")
         self._dedup = Deduplicator(threshold=job.spec.dedup.threshold, tokenizer=job.spec.dedup.tokenizer)
         self._seeded = False
         self._existing = [(item.id, item.text) for item in job.spec.dedup.existing]
+        self._examples = list(examples or [])
 
     async def offer(self, item_id: str, text: str) -> tuple[bool, str | None, float | None]:
         if not self.enabled:
@@ -89,23 +130,56 @@ class _Filter:
         decision = await loop.run_in_executor(self._executor, self._dedup.offer, item_id, text)
         return decision.kept, decision.nearest_id, decision.score
 
+    async def nearest_example(self, text: str) -> tuple[str | None, float]:
+        """The few-shot question most like `text`, and the ROUGE-L F the filter would compute."""
+        if not self._examples:
+            return None, 0.0
+
+        def best() -> tuple[str | None, float]:
+            scored = [
+                (self._dedup.score(text, example), example_id) for example_id, example in self._examples
+            ]
+            score, example_id = max(scored)
+            return example_id, score
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, best)
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-# Question calls in flight at once for one cell: later calls see fewer earlier questions in their
-# avoid-list, so a few lanes trade a little variety for not serialising a large cell.
-MAX_LANES_PER_CELL = 4
+@dataclass
+class _Cell:
+    """What the lanes and items of one cell share."""
+
+    cell: Cell
+    task: ResolvedTask
+    theme: ResolvedTheme
+    policy: Policy
+    ledger: CellLedger
+    asked: list[str] = field(default_factory=list)  # every question generated, for the avoid-list
+    kept_questions: list[str] = field(default_factory=list)  # those that passed checks and dedup
+    returned_questions: list[str] = field(default_factory=list)
+    drops: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def code_first(self) -> bool:
+        return self.task.kind in CODE_FIRST
 
 
 @dataclass
-class _CellState:
-    max_calls: int
-    kept: int = 0
-    reserved: int = 0
-    calls: int = 0
-    last_problem: str = ""
-    asked: list[str] = field(default_factory=list)
+class _Question:
+    """A question that passed its checks, with what the answer steps need of it."""
+
+    id: str
+    text: str
+    step: StepProvenance
+    checks: AnswerChecks
+    facts: QuestionFacts
+    draft: CodeDraft | None = None
+
+
+Outcome = Pair | ItemDropped | ItemFailed
 
 
 class _Run:
@@ -113,86 +187,136 @@ class _Run:
         self,
         job: Job,
         provider: Provider,
-        evaluate: Evaluate | None,
+        sandbox: Sandbox | None,
         *,
         retries: int,
         emit: Callable[[Event], None],
     ) -> None:
         self.job = job
         self.provider = provider
-        self.evaluate = evaluate
+        self.sandbox = sandbox
         self.retries = retries
         self.emit = emit
-        self.q_template: Template = load_template(job, "question")
-        self.a_template: Template = load_template(job, "answer")
+        self.templates: dict[Kind, Template] = load_templates(job)
         self.counts = Counts(requested=job.requested)
-        self.cells = {
+        self.cells: dict[tuple[str, str], CellCount] = {
             (c.task, c.theme): CellCount(task=c.task, theme=c.theme, requested=c.count) for c in job.cells
         }
+        self.ledgers: list[CellLedger] = []
         self.usage = Usage()
         self.rejected: ProviderRejected | None = None
-        self.q_filter = _Filter(job, enabled=job.spec.dedup.questions)
+        examples = [(f"few-shot:{i}", e.question) for i, e in enumerate(job.few_shot)]
+        self.q_filter = _Filter(job, enabled=job.spec.dedup.questions, examples=examples)
         self.a_filter = _Filter(job, enabled=job.spec.dedup.answers)
+        self.tg: asyncio.TaskGroup | None = None
 
     def close(self) -> None:
         self.q_filter.close()
         self.a_filter.close()
 
-    # -- accounting: every slot ends in exactly one of these three
+    # -- the cell
 
-    def _fail(
-        self, cell: Cell, stage: Any, reason: str, detail: str, *, question: str | None, attempts: int
-    ) -> None:
-        self.counts.failed += 1
-        self.cells[(cell.task, cell.theme)].failed += 1
-        self.emit(
-            Failed(
-                item=ItemFailed(
-                    stage=stage,
-                    task=cell.task,
-                    theme=cell.theme,
-                    reason=reason,
-                    detail=detail,
-                    question=question,
-                    attempts=attempts,
-                )
-            )
-        )
+    def _budget(self, cell: Cell, task: ResolvedTask) -> int:
+        if cell.count == 0:
+            return 0
+        given = self.job.spec.budget.calls_per_cell
+        if given is not None:
+            return given
+        return BUDGET_FACTOR * calls_needed(task.kind, cell.count, self.job.spec.model.questions_per_call)
 
-    def _drop(
-        self,
-        cell: Cell,
-        stage: Any,
-        item_id: str,
-        text: str,
-        reason: str,
-        *,
-        nearest: str | None = None,
-        score: float | None = None,
-        question: str | None = None,
-    ) -> None:
-        # A dropped question frees its slot for another question; a dropped answer uses the slot up.
-        if stage != "question":
-            self.cells[(cell.task, cell.theme)].dropped += 1
-        item = ItemDropped(
-            stage=stage,
+    async def cell(self, cell: Cell) -> None:
+        task, theme = self.job.tasks[cell.task], self.job.themes[cell.theme]
+        ledger = CellLedger(
             task=cell.task,
             theme=cell.theme,
-            id=item_id,
-            text=text,
-            reason=reason,
-            nearest_id=nearest,
-            score=score,
-            question=question,
+            requested=cell.count,
+            budget=self._budget(cell, task),
+            kind=task.kind,
         )
-        self.emit(Dropped(item=item))
+        self.ledgers.append(ledger)
+        policy = policy_for(task.id, task.kind, self.job.spec.evaluation.policy)
+        c = _Cell(cell=cell, task=task, theme=theme, policy=policy, ledger=ledger)
+        if self.rejected is not None:
+            ledger.stop()
+        self.emit(CellStarted(task=cell.task, theme=cell.theme, count=cell.count))
+        per_lane = 1 if c.code_first else self.job.spec.model.questions_per_call
+        lanes = min(math.ceil(cell.count / per_lane), MAX_LANES_PER_CELL)
+        await asyncio.gather(*(self._lane(c) for _ in range(lanes)))
+        await ledger.settled()
+        self._fail_shortfall(c)
+        variety = await asyncio.to_thread(
+            diversity, c.returned_questions, tokenizer=self.job.spec.dedup.tokenizer
+        )
+        self.cells[(cell.task, cell.theme)] = ledger.finish(variety)
 
-    def _provider_failure(self, exc: ProviderError) -> tuple[str, str]:
-        if isinstance(exc, ProviderRejected):
-            # A rejected key or model will not get better: later calls fail fast with the same reason.
-            self.rejected = self.rejected or exc
-            return "provider_rejected", f"{exc.provider}: {exc.detail}"
-        return "provider_unavailable", f"{exc.provider}: {exc.detail}"
+    def _fail_shortfall(self, c: _Cell) -> None:
+        missing = c.ledger.shortfall()
+        if not missing:
+            return
+        count = c.ledger.count
+        reason: FailReason
+        if self.rejected is not None:
+            reason = "provider_rejected"
+            detail = f"{self.rejected.provider}: {self.rejected.detail}"
+        else:
+            reason = "cell_budget_exhausted"
+            lost = ", ".join(f"{n} {r}" for r, n in c.drops.most_common()) or "none"
+            detail = (
+                f"{count.returned} of {count.requested} after {count.calls} of {count.budget} calls; "
+                f"items dropped: {lost}"
+            )
+        for _ in range(missing):
+            self.counts.failed += 1
+            self.emit(Failed(item=self._failed(c, "cell", reason, detail, attempts=count.calls)))
+        c.ledger.fail_shortfall(missing)
+
+    async def _lane(self, c: _Cell) -> None:
+        per_call = 1 if c.code_first else self.job.spec.model.questions_per_call
+        while slots := await c.ledger.take(per_call):
+            if self.rejected is not None:
+                c.ledger.release(slots)
+                c.ledger.stop()
+                return
+            try:
+                if c.code_first:
+                    await self._code_first(c, slots[0])
+                else:
+                    await self._batch(c, slots)
+            except ProviderError as exc:
+                for slot in slots:
+                    if not (slot.done or slot.handed):
+                        self._provider_failed(c, slot, exc, stage="question", question=None)
+            except SandboxUnavailable as exc:
+                for slot in slots:
+                    if not (slot.done or slot.handed):
+                        self._settle(c, slot, self._failed(c, "question", "sandbox_unavailable", exc.detail))
+
+    # -- model calls, counted against the cell
+
+    async def _call(self, c: _Cell, slots: Slot | list[Slot], call: Awaitable[Call[T]]) -> Call[T]:
+        """One step's call (content retries included), charged to its item, or shared by several."""
+        try:
+            result = await call
+        except MalformedReply as exc:
+            self._spend(c, slots, exc.attempts, exc.usage)
+            raise
+        except ProviderError as exc:
+            self._spend(c, slots, 1, Usage())
+            if isinstance(exc, ProviderRejected) and self.rejected is None:
+                # A rejected key or model will not get better: every cell stops asking.
+                self.rejected = exc
+                for ledger in self.ledgers:
+                    ledger.stop()
+            raise
+        self._spend(c, slots, result.attempts, result.usage)
+        return result
+
+    def _spend(self, c: _Cell, slots: Slot | list[Slot], calls: int, usage: Usage) -> None:
+        if isinstance(slots, Slot):
+            c.ledger.spend(slots, calls, usage)
+        else:
+            c.ledger.spend_shared(slots, calls, usage)
+        self.usage = self.usage + usage
 
     def _step(self, template: Template, call: Call[Any], *, batch_size: int = 1) -> StepProvenance:
         return StepProvenance(
@@ -206,179 +330,426 @@ class _Run:
             batch_size=batch_size,
         )
 
-    # -- stages
+    # -- questions
 
-    async def cell(self, cell: Cell, tg: asyncio.TaskGroup) -> None:
-        """Run a few question lanes for the cell at once; each kept question starts its answer at once."""
-        self.emit(CellStarted(task=cell.task, theme=cell.theme, count=cell.count))
-        per_call = self.job.spec.model.questions_per_call
-        calls_needed = math.ceil(cell.count / per_call)
-        # Room for duplicates and bad replies: twice the calls the count needs, plus one.
-        state = _CellState(max_calls=2 * calls_needed + 1 if cell.count else 0)
-        lanes = min(calls_needed, MAX_LANES_PER_CELL)
-        await asyncio.gather(*(self._lane(cell, state, tg) for _ in range(lanes)))
-        problem = state.last_problem
-        reason = problem.split(":", 1)[0] if problem.startswith("provider_") else "questions_exhausted"
-        for _ in range(cell.count - state.kept):
-            self._fail(
-                cell,
-                "question",
-                reason,
-                f"{state.kept} of {cell.count} distinct questions after {state.calls} calls; last problem: "
-                + (problem or "near-duplicates only"),
-                question=None,
-                attempts=state.calls,
-            )
-
-    async def _lane(self, cell: Cell, state: _CellState, tg: asyncio.TaskGroup) -> None:
-        task, theme = self.job.tasks[cell.task], self.job.themes[cell.theme]
-        per_call = self.job.spec.model.questions_per_call
-        # kept + reserved never exceeds the count, so lanes never overshoot it.
-        while state.kept + state.reserved < cell.count and state.calls < state.max_calls:
-            if self.rejected is not None:
-                state.last_problem = f"provider_rejected: {self.rejected.provider}: {self.rejected.detail}"
-                return
-            want = min(per_call, cell.count - state.kept - state.reserved)
-            state.reserved += want
-            state.calls += 1
-            try:
-                call = await generate_questions(
+    async def _batch(self, c: _Cell, slots: list[Slot]) -> None:
+        """One call for several questions; each then goes its own way."""
+        template = self.templates["question"]
+        try:
+            call = await self._call(
+                c,
+                slots,
+                generate_questions(
                     self.provider,
                     self.job,
-                    self.q_template,
-                    task,
-                    theme,
-                    count=want,
-                    avoid=list(state.asked),
+                    template,
+                    c.task,
+                    c.theme,
+                    count=len(slots),
+                    avoid=list(c.asked),
                     retries=self.retries,
-                )
-            except MalformedReply as exc:
-                state.reserved -= want
-                self.usage = self.usage + exc.usage
-                state.last_problem = f"{exc.failure_reason}: {exc.reason}"
-                continue
-            except ProviderError as exc:
-                state.reserved -= want
-                reason, detail = self._provider_failure(exc)
-                state.last_problem = f"{reason}: {detail}"
-                continue
-            self.usage = self.usage + call.usage
-            state.reserved -= want - len(call.value)
-            provenance = self._step(self.q_template, call, batch_size=len(call.value))
-            for question in call.value:
-                state.asked.append(question)
-                self.counts.questions_generated += 1
-                qid = question_id(cell.task, cell.theme, question)
-                self.emit(QuestionGenerated(task=cell.task, theme=cell.theme, id=qid, question=question))
-                is_kept, nearest, score = await self.q_filter.offer(qid, question)
-                state.reserved -= 1
-                if not is_kept:
-                    self.counts.questions_dropped += 1
-                    self._drop(
-                        cell,
-                        "question",
-                        qid,
-                        question,
-                        "near-duplicate question",
-                        nearest=nearest,
-                        score=score,
-                    )
-                    continue
-                state.kept += 1
-                tg.create_task(self.answer(cell, task, theme, qid, question, provenance))
-
-    async def answer(
-        self,
-        cell: Cell,
-        task: ResolvedTask,
-        theme: ResolvedTheme,
-        qid: str,
-        question: str,
-        q_step: StepProvenance,
-    ) -> None:
-        if self.rejected is not None:
-            reason, detail = "provider_rejected", f"{self.rejected.provider}: {self.rejected.detail}"
-            self._fail(cell, "answer", reason, detail, question=question, attempts=0)
-            return
-        try:
-            call = await generate_answer(
-                self.provider, self.job, self.a_template, task, theme, question=question, retries=self.retries
+                ),
             )
         except MalformedReply as exc:
-            self.usage = self.usage + exc.usage
-            self._fail(
-                cell, "answer", exc.failure_reason, exc.reason, question=question, attempts=exc.attempts
+            # One unusable call is one dropped item, not one for each question it was to hold.
+            c.ledger.release(slots[1:])
+            self._settle(c, slots[0], self._dropped(c, "question", exc.failure_reason, exc.reason))
+            return
+        c.ledger.release(slots[len(call.value) :])
+        step = self._step(template, call, batch_size=len(call.value))
+        for slot, text in zip(slots, call.value, strict=False):
+            await self._admit(c, slot, text, step, None)
+
+    async def _code_first(self, c: _Cell, slot: Slot) -> None:
+        made = await make_code_question(
+            provider=self.provider,
+            job=self.job,
+            templates=self.templates,
+            task=c.task,
+            theme=c.theme,
+            sandbox=self.sandbox,
+            call=lambda call: self._call(c, slot, call),
+            step=self._step,
+            # What the kept questions are about, without their code: small models copy shown code,
+            # and dropped attempts into the comments of the next script.
+            avoid=[text for q in c.kept_questions if (text := prose(q))],
+            retries=self.retries,
+        )
+        if isinstance(made, Skipped):
+            self._settle(c, slot, self._dropped(c, made.stage, made.reason, made.detail, text=made.text))
+            return
+        await self._admit(c, slot, made.question, made.question_step, made)
+
+    async def _admit(
+        self, c: _Cell, slot: Slot, text: str, step: StepProvenance, draft: CodeDraft | None
+    ) -> None:
+        """Question checks, the few-shot comparison and dedup; a kept question starts its answer."""
+        qid = question_id(c.cell.task, c.cell.theme, text)
+        c.asked.append(text)
+        self.counts.questions_generated += 1
+        self.emit(QuestionGenerated(task=c.cell.task, theme=c.cell.theme, id=qid, question=text))
+        checks, facts = await check_question(
+            self.sandbox,
+            task=c.task.id,
+            kind=c.task.kind,
+            locale=self.job.spec.locale,
+            question=text,
+            policy=c.policy,
+            known_run=draft.run if draft is not None else None,
+        )
+        c.ledger.record(checks.checks)
+        failed = [ch for ch in checks.checks if not ch.passed]
+        blocking = [ch for ch in failed if ch.blocking]
+        self.emit(
+            Checked(id=qid, subject="question", flagged=bool(blocking), failed=[ch.name for ch in failed])
+        )
+        if blocking:
+            detail = "; ".join(f"{ch.name}: {ch.evidence}" for ch in blocking)
+            self._settle(
+                c,
+                slot,
+                self._dropped(
+                    c,
+                    "question",
+                    "question_checks_failed",
+                    detail,
+                    text=text,
+                    item_id=qid,
+                    failed_checks=[ch.name for ch in blocking],
+                ),
             )
             return
-        except ProviderError as exc:
-            reason, detail = self._provider_failure(exc)
-            self._fail(cell, "answer", reason, detail, question=question, attempts=1)
+        example, score = await self.q_filter.nearest_example(text)
+        if example is not None and score >= self.q_filter.threshold:
+            self._settle(
+                c,
+                slot,
+                self._dropped(
+                    c,
+                    "question",
+                    "copies_example",
+                    f"ROUGE-L {score:.3f} against the few-shot example",
+                    text=text,
+                    item_id=qid,
+                    nearest=example,
+                    score=score,
+                ),
+            )
             return
-        self.usage = self.usage + call.usage
+        kept, nearest, score_ = await self.q_filter.offer(qid, text)
+        if not kept:
+            self._settle(
+                c,
+                slot,
+                self._dropped(
+                    c,
+                    "question",
+                    "near_duplicate",
+                    f"ROUGE-L {score_:.3f} against {nearest}",
+                    text=text,
+                    item_id=qid,
+                    nearest=nearest,
+                    score=score_,
+                ),
+            )
+            return
+        c.kept_questions.append(text)
+        question = _Question(id=qid, text=text, step=step, checks=checks, facts=facts, draft=draft)
+        assert self.tg is not None
+        slot.handed = True
+        self.tg.create_task(self._finish(c, slot, question))
+
+    # -- the item path: answer → dedup → evaluate → checks → repair
+
+    async def _finish(self, c: _Cell, slot: Slot, q: _Question) -> None:
+        try:
+            outcome = await self._item(c, slot, q)
+        except ProviderError as exc:
+            self._provider_failed(c, slot, exc, stage="answer", question=q.text)
+            return
+        except SandboxUnavailable as exc:
+            outcome = self._failed(c, "evaluation", "sandbox_unavailable", exc.detail, question=q.text)
+        self._settle(c, slot, outcome)
+
+    async def _item(self, c: _Cell, slot: Slot, q: _Question) -> Outcome:
+        if self.rejected is not None:
+            raise self.rejected
+        shown_output = question_output(self.job, q.facts.run)
+        template = self.templates["answer"]
+        try:
+            call = await self._call(
+                c,
+                slot,
+                generate_answer(
+                    self.provider,
+                    self.job,
+                    template,
+                    c.task,
+                    c.theme,
+                    question=q.text,
+                    question_output=shown_output,
+                    retries=self.retries,
+                ),
+            )
+        except MalformedReply as exc:
+            return self._dropped(c, "answer", exc.failure_reason, exc.reason, question=q.text)
         answer = call.value
-        pid = pair_id(cell.task, cell.theme, question, answer)
+        answer_step = self._step(template, call)
+        pid = pair_id(c.cell.task, c.cell.theme, q.text, answer)
         self.counts.answers_generated += 1
-        self.emit(AnswerGenerated(task=cell.task, theme=cell.theme, id=pid))
-        is_kept, nearest, score = await self.a_filter.offer(pid, answer)
-        if not is_kept:
+        self.emit(AnswerGenerated(task=c.cell.task, theme=c.cell.theme, id=pid))
+        kept, nearest, score = await self.a_filter.offer(pid, answer)
+        if not kept:
             self.counts.answers_dropped += 1
-            self._drop(
-                cell,
+            return self._dropped(
+                c,
                 "answer",
-                pid,
-                answer,
-                "near-duplicate answer",
+                "near_duplicate",
+                f"ROUGE-L {score:.3f} against {nearest}",
+                text=answer,
+                item_id=pid,
                 nearest=nearest,
                 score=score,
-                question=question,
+                question=q.text,
             )
-            return
-        evaluation = None
-        if self.evaluate is not None:
-            try:
-                evaluation = await self.evaluate(cell.task, answer)
-            except SandboxUnavailable as exc:
-                self._fail(
-                    cell, "evaluation", "sandbox_unavailable", exc.detail, question=question, attempts=1
+        evaluation, quality = await self._judge(c, q, pid, answer, attempt=0)
+        repairs: list[RepairAttempt] = []
+        attempts = self.job.spec.evaluation.repair_attempts
+        while quality.flagged and len(repairs) < attempts and c.ledger.budget_left() > 0:
+            if self.rejected is not None:
+                raise self.rejected
+            repaired = await self._repair(c, slot, q, answer, evaluation, quality)
+            if repaired is None:
+                break
+            attempt, new_answer = repaired
+            pid = pair_id(c.cell.task, c.cell.theme, q.text, new_answer)
+            evaluation, quality = await self._judge(c, q, pid, new_answer, attempt=len(repairs) + 1)
+            repairs.append(
+                msgspec.structs.replace(
+                    attempt,
+                    verdict=evaluation.verdict if evaluation is not None else None,
+                    flagged=quality.flagged,
+                    failed_checks=quality.failed(),
                 )
-                return
-            self.emit(Evaluated(id=pid, verdict=evaluation.verdict, flagged=evaluation.flagged))
-            if evaluation.flagged:
-                self.counts.flagged += 1
-                if self.job.spec.evaluation.on_failure == "drop":
-                    self.counts.evaluation_dropped += 1
-                    reason = f"evaluation verdict {evaluation.verdict}"
-                    if evaluation.message:
-                        reason += f": {evaluation.message}"
-                    self._drop(cell, "evaluation", pid, answer, reason, question=question)
-                    return
-        pair = Pair(
+            )
+            answer = new_answer
+        c.ledger.record([ch for ch in quality.checks if ch.name not in {x.name for x in q.checks.checks}])
+        if quality.flagged:
+            self.counts.flagged += 1
+            if self.job.spec.evaluation.on_failure == "drop":
+                self.counts.evaluation_dropped += 1
+                detail = "; ".join(
+                    f"{ch.name}: {ch.evidence}" for ch in quality.checks if ch.blocking and not ch.passed
+                )
+                return self._dropped(
+                    c,
+                    "evaluation",
+                    "flagged",
+                    detail,
+                    text=answer,
+                    item_id=pid,
+                    question=q.text,
+                    failed_checks=[ch.name for ch in quality.checks if ch.blocking and not ch.passed],
+                )
+        draft = q.draft
+        return Pair(
             id=pid,
-            task=cell.task,
-            theme=cell.theme,
-            question=question,
+            task=c.cell.task,
+            theme=c.cell.theme,
+            question=q.text,
             answer=answer,
             locale=self.job.spec.locale,
             evaluation=evaluation,
+            quality=quality,
             provenance=Provenance(
-                spec_sha256=self.job.spec_sha256, question=q_step, answer=self._step(self.a_template, call)
+                spec_sha256=self.job.spec_sha256,
+                question=q.step,
+                answer=answer_step,
+                snippet=draft.snippet if draft is not None else None,
+                bug=draft.bug if draft is not None else None,
+                repairs=repairs,
+                calls=slot.calls,
+                top_up=slot.top_up,
             ),
         )
-        self.counts.returned += 1
-        self.cells[(cell.task, cell.theme)].returned += 1
-        self.emit(PairReady(pair=pair))
+
+    async def _judge(
+        self, c: _Cell, q: _Question, pid: str, answer: str, *, attempt: int
+    ) -> tuple[Evaluation | None, Quality]:
+        """Run the answer's code and check the answer; the pair's quality holds the question's checks too."""
+        evaluation = None
+        if self.sandbox is not None:
+            evaluation = await self.sandbox(c.task.id, answer)
+            self.emit(Evaluated(id=pid, verdict=evaluation.verdict, flagged=evaluation.flagged))
+        checks = await check_answer(
+            self.sandbox,
+            task=c.task.id,
+            kind=c.task.kind,
+            locale=self.job.spec.locale,
+            conventions=self.job.conventions,
+            question=q.facts,
+            answer=answer,
+            evaluation=evaluation,
+            policy=c.policy,
+        )
+        quality = combine(q.checks, checks)
+        self.emit(
+            Checked(
+                id=pid, subject="answer", attempt=attempt, flagged=quality.flagged, failed=quality.failed()
+            )
+        )
+        return evaluation, quality
+
+    async def _repair(
+        self, c: _Cell, slot: Slot, q: _Question, answer: str, evaluation: Evaluation | None, quality: Quality
+    ) -> tuple[RepairAttempt, str] | None:
+        template = self.templates["repair"]
+        try:
+            call = await self._call(
+                c,
+                slot,
+                repair_answer(
+                    self.provider,
+                    self.job,
+                    template,
+                    c.task,
+                    c.theme,
+                    question=q.text,
+                    question_output=question_output(self.job, q.facts.run),
+                    answer=answer,
+                    evidence=evidence_text(self.job, evaluation, quality),
+                    retries=self.retries,
+                ),
+            )
+        except MalformedReply as exc:
+            c.ledger.repair_calls(exc.attempts)
+            return None
+        c.ledger.repair_calls(call.attempts)
+        return RepairAttempt(step=self._step(template, call)), call.value
+
+    # -- outcomes: every started slot ends in exactly one of these
+
+    def _dropped(
+        self,
+        c: _Cell,
+        stage: DropStage,
+        reason: DropReason,
+        detail: str,
+        *,
+        text: str = "",
+        item_id: str = "",
+        nearest: str | None = None,
+        score: float | None = None,
+        question: str | None = None,
+        failed_checks: list[Any] | None = None,
+    ) -> ItemDropped:
+        return ItemDropped(
+            stage=stage,
+            task=c.cell.task,
+            theme=c.cell.theme,
+            id=item_id or ("x-" + _digest(c.cell.task, c.cell.theme, stage, reason, detail, text)),
+            text=text,
+            reason=reason,
+            detail=detail,
+            nearest_id=nearest,
+            score=score,
+            question=question,
+            failed_checks=failed_checks or [],
+        )
+
+    def _failed(
+        self,
+        c: _Cell,
+        stage: Any,
+        reason: FailReason,
+        detail: str,
+        *,
+        question: str | None = None,
+        attempts: int = 1,
+    ) -> ItemFailed:
+        return ItemFailed(
+            stage=stage,
+            task=c.cell.task,
+            theme=c.cell.theme,
+            reason=reason,
+            detail=detail,
+            question=question,
+            attempts=attempts,
+        )
+
+    def _provider_failed(
+        self, c: _Cell, slot: Slot, exc: ProviderError, *, stage: str, question: str | None
+    ) -> None:
+        reason: FailReason = (
+            "provider_rejected" if isinstance(exc, ProviderRejected) else "provider_unavailable"
+        )
+        self._settle(
+            c, slot, self._failed(c, stage, reason, f"{exc.provider}: {exc.detail}", question=question)
+        )
+
+    def _settle(self, c: _Cell, slot: Slot, outcome: Outcome) -> None:
+        assert not slot.done, "a slot ends once"
+        slot.done = True
+        if isinstance(outcome, Pair):
+            self.counts.returned += 1
+            c.returned_questions.append(outcome.question)
+            self.emit(PairReady(pair=outcome))
+            quality = outcome.quality
+            repaired = bool(outcome.provenance and outcome.provenance.repairs) and not (
+                quality and quality.flagged
+            )
+            c.ledger.returned(slot, flagged=bool(quality and quality.flagged), repaired=repaired)
+        elif isinstance(outcome, ItemDropped):
+            if outcome.stage == "question":
+                self.counts.questions_dropped += 1
+            c.drops[outcome.reason] += 1
+            self.emit(Dropped(item=outcome))
+            c.ledger.dropped(slot)
+        else:
+            self.counts.failed += 1
+            if slot.calls:
+                outcome = msgspec.structs.replace(outcome, attempts=slot.calls)
+            self.emit(Failed(item=outcome))
+            c.ledger.failed(slot)
+
+    def totals(self) -> Counts:
+        cells = list(self.cells.values())
+        checks: Counter[tuple[str, bool]] = Counter()
+        for cell in cells:
+            for name, count in cell.checks.items():
+                checks[(name, True)] += count.passed
+                checks[(name, False)] += count.failed
+        names = sorted({n for n, _ in checks})
+        return msgspec.structs.replace(
+            self.counts,
+            calls=sum(x.calls for x in cells),
+            top_up_calls=sum(x.top_up_calls for x in cells),
+            repaired=sum(x.repaired for x in cells),
+            repair_calls=sum(x.repair_calls for x in cells),
+            checks={
+                n: CheckCount(
+                    passed=checks[(n, True)],
+                    failed=checks[(n, False)],
+                    pass_rate=round(checks[(n, True)] / (checks[(n, True)] + checks[(n, False)]), 4),
+                )
+                for n in names
+            },
+            cells=cells,
+        )
 
 
 _END = object()
 
 
 def run_job(
-    job: Job, provider: Provider, *, evaluate: Evaluate | None, retries: int = 2
+    job: Job, provider: Provider, *, evaluate: Sandbox | None, retries: int = 2
 ) -> AsyncIterator[Event]:
     """Events as items progress; the last is `Done`. Closing the iterator cancels the job.
 
-    Not itself a generator: templates are loaded and checked here, at the call, so a bad
-    override is a 400 before a streamed response has started.
+    `evaluate` is the sandbox (`stages.evaluate.answer_evaluator(runner)`), or None when
+    evaluation is off: then only the checks that need no R run. Not itself a generator:
+    templates are loaded and checked here, at the call, so a bad override is a 400 before a
+    streamed response has started.
     """
     queue: asyncio.Queue[Any] = asyncio.Queue()
     run = _Run(job, provider, evaluate, retries=retries, emit=queue.put_nowait)
@@ -389,11 +760,15 @@ async def _events(job: Job, run: _Run, queue: asyncio.Queue[Any]) -> AsyncIterat
     started = time.perf_counter()
 
     async def drive() -> None:
+        # The language models load while the first model calls are out.
+        warming = asyncio.create_task(asyncio.to_thread(warm_up))
         try:
             async with asyncio.TaskGroup() as tg:
+                run.tg = tg
                 for cell in job.cells:
-                    tg.create_task(run.cell(cell, tg))
+                    tg.create_task(run.cell(cell))
         finally:
+            await asyncio.gather(warming, return_exceptions=True)
             queue.put_nowait(_END)
 
     driver = asyncio.create_task(drive())
@@ -401,9 +776,8 @@ async def _events(job: Job, run: _Run, queue: asyncio.Queue[Any]) -> AsyncIterat
         while (event := await queue.get()) is not _END:
             yield event
         await driver  # re-raises a bug in a stage rather than hiding it
-        run.counts.cells = list(run.cells.values())
         yield Done(
-            counts=run.counts,
+            counts=run.totals(),
             usage=run.usage,
             elapsed_s=round(time.perf_counter() - started, 3),
             spec_sha256=job.spec_sha256,

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 
 from service.errors import InvalidInput
-from service.wire.generate import MAX_TOTAL_COUNT, Cell, FewShot, Spec, Task, Theme
+from service.wire.generate import MAX_TOTAL_COUNT, Cell, FewShot, Spec, Task, TaskKind, Theme
 
 __all__ = ["Job", "ResolvedTask", "ResolvedTheme", "locale_defaults", "prompts_dir", "resolve_spec"]
 
@@ -37,11 +37,24 @@ class _Example(msgspec.Struct):
     answer: str
 
 
+class _Labels(msgspec.Struct):
+    """Words the steps put into prompts, in the locale's language."""
+
+    error: str
+    prints: str
+    intended: str
+    question_output: str
+    not_run: str
+    verdict: str
+    failed_checks: str
+
+
 class _Defaults(msgspec.Struct):
     conventions: str
     answer_rules: str
     avoid_header: str
     none: str
+    labels: _Labels
     tasks: dict[str, _Described]
     themes: dict[str, _Described]
     few_shot: list[_Example] = []
@@ -57,6 +70,7 @@ class ResolvedTask(msgspec.Struct, frozen=True):
     id: str
     description: str
     instructions: str
+    kind: TaskKind | None = None
 
 
 class ResolvedTheme(msgspec.Struct, frozen=True):
@@ -113,12 +127,28 @@ def _resolve(
     return out
 
 
+BUILT_IN_KINDS: frozenset[str] = frozenset({"explain", "fix", "generate"})
+
+
 def _resolve_tasks(spec: Spec, defaults: _Defaults) -> dict[str, ResolvedTask]:
     resolved = _resolve(spec.tasks, defaults.tasks, "tasks")
-    return {
-        k: ResolvedTask(id=k, description=v.description, instructions=v.instructions)
-        for k, v in resolved.items()
-    }
+    kinds: dict[str, TaskKind | None] = {t.id: t.kind for t in spec.tasks or []}
+    out = {}
+    for k, v in resolved.items():
+        kind = kinds.get(k)
+        if kind is None and k in BUILT_IN_KINDS:
+            kind = k  # type: ignore[assignment]
+        out[k] = ResolvedTask(id=k, description=v.description, instructions=v.instructions, kind=kind)
+    return out
+
+
+def _check_policy(spec: Spec, tasks: dict[str, ResolvedTask]) -> None:
+    for key in spec.evaluation.policy:
+        if key != "*" and key not in tasks:
+            raise InvalidInput(
+                f'policy for unknown task {key!r}; use a task id of the spec or "*" for every task',
+                field=f"evaluation.policy.{key}",
+            )
 
 
 def _resolve_themes(spec: Spec, defaults: _Defaults) -> dict[str, ResolvedTheme]:
@@ -154,6 +184,7 @@ def resolve_spec(spec: Spec) -> Job:
     tasks = _resolve_tasks(spec, defaults)
     themes = _resolve_themes(spec, defaults)
     cells = _resolve_cells(spec, tasks, themes)
+    _check_policy(spec, tasks)
     total = sum(c.count for c in cells)
     if total > MAX_TOTAL_COUNT:
         raise InvalidInput(

@@ -10,11 +10,16 @@ from evaluator import Verdict
 from service.wire.base import Base, Id
 
 __all__ = [
+    "CHECK_NAMES",
     "MAX_EVALUATE_ITEMS",
+    "CheckName",
     "EvaluateRequest",
     "EvaluateResponse",
     "Evaluation",
     "EvaluationSettings",
+    "Quality",
+    "QualityCheck",
+    "Severity",
     "Snippet",
     "SnippetResult",
     "Verdict",
@@ -48,9 +53,61 @@ class Evaluation(Base):
     blocks: int = 0
 
 
+CheckName = Literal[
+    "question_has_code",
+    "question_code_runs",
+    "question_code_broken",
+    "question_locale",
+    "answer_code_runs",
+    "answer_changes_code",
+    "answer_fixes_output",
+    "answer_locale",
+    "output_shown_matches",
+    "prints_right_thing",
+    "lint_style",
+    "lint_undefined",
+    "lint_library",
+]
+"""The checks a pair can carry; docs/quality.md says what each one looks at."""
+
+CHECK_NAMES: tuple[CheckName, ...] = CheckName.__args__  # type: ignore[attr-defined]
+
+Severity = Literal["block", "warn", "off"]
+"""What a failed check does: `block` flags the pair (repair, then `on_failure`), `warn` only records it,
+`off` does not run it."""
+
+
+class QualityCheck(Base):
+    """One named check of a question or an answer, with what it saw."""
+
+    name: CheckName
+    passed: bool
+    blocking: bool
+    evidence: str = ""
+
+
+class Quality(Base):
+    """The task-aware checks of a pair. `flagged` when a blocking check failed; `skipped` says which
+    checks could not run and why (no sandbox, lintr not installed, too little prose to judge)."""
+
+    flagged: bool
+    checks: list[QualityCheck] = []
+    skipped: list[str] = []
+
+    def failed(self) -> list[CheckName]:
+        return [c.name for c in self.checks if not c.passed]
+
+
 class EvaluationSettings(Base):
+    """`on_failure`: what happens to a pair still flagged after repair: `flag` returns it with the
+    evidence, `drop` leaves it out and the cell asks for another. `repair_attempts`: further answer calls
+    a flagged answer gets, each shown its previous answer and the evidence. `policy`: per task id (or
+    `"*"` for every task), which checks block, warn or are off, over the built-in policy."""
+
     enabled: bool = True
     on_failure: Literal["flag", "drop"] = "flag"
+    repair_attempts: Annotated[int, msgspec.Meta(ge=0, le=5)] = 2
+    policy: Annotated[dict[str, dict[CheckName, Severity]], msgspec.Meta(max_length=51)] = {}
 
 
 class Snippet(Base):

@@ -8,21 +8,28 @@ import msgspec
 
 from service.wire.base import Base, Id, Usage
 from service.wire.dedup import DedupItem, Threshold, TokenizerName
-from service.wire.evaluate import Evaluation, EvaluationSettings
+from service.wire.evaluate import CheckName, Evaluation, EvaluationSettings, Quality, Verdict
 
 __all__ = [
     "MAX_CELL_COUNT",
     "MAX_TOTAL_COUNT",
     "AnswerGenerated",
+    "Budget",
+    "BugProvenance",
     "Cell",
     "CellCount",
     "CellStarted",
+    "CheckCount",
+    "Checked",
     "Counts",
     "DedupSettings",
     "Done",
+    "DropReason",
+    "DropStage",
     "Dropped",
     "Evaluated",
     "Event",
+    "FailReason",
     "Failed",
     "FewShot",
     "GenerateResponse",
@@ -34,9 +41,11 @@ __all__ = [
     "Provenance",
     "ProviderName",
     "QuestionGenerated",
+    "RepairAttempt",
     "Spec",
     "StepProvenance",
     "Task",
+    "TaskKind",
     "Templates",
     "Theme",
 ]
@@ -45,16 +54,56 @@ MAX_CELL_COUNT = 200
 MAX_TOTAL_COUNT = 5_000
 
 ProviderName = Literal["openai", "anthropic", "local"]
+TaskKind = Literal["explain", "fix", "generate"]
+"""Which built-in task's steps and checks a task follows."""
+
+DropReason = Literal[
+    "near_duplicate",
+    "copies_example",
+    "question_checks_failed",
+    "snippet_failed",
+    "bug_not_effective",
+    "flagged",
+    "malformed_reply",
+    "truncated",
+]
+"""Why an item was left out and replaced by another (the cell asks again):
+`near_duplicate` (ROUGE-L above the threshold against a kept item or the history), `copies_example`
+(a question at or above the threshold against a few-shot question), `question_checks_failed` (a
+blocking question check failed), `snippet_failed` (the code written for an explain/fix question did
+not run), `bug_not_effective` (no bug put into a fix question's code made it fail or print something
+else), `flagged` (a blocking answer check still failed after repair, under `on_failure: drop`),
+`malformed_reply` / `truncated` (the model's reply was unusable or cut off, after content retries)."""
+
+FailReason = Literal[
+    "provider_rejected",
+    "provider_unavailable",
+    "sandbox_unavailable",
+    "malformed_reply",
+    "truncated",
+    "budget_exhausted",
+    "cell_budget_exhausted",
+]
+"""Why a requested item is missing: the provider refused the request (bad key, unknown model) or kept
+failing after retries, the R sandbox could not run, a reply could not be used, a job-wide budget ran out,
+or the cell spent its call budget (`budget.calls_per_cell`) before it held its count."""
+
+DropStage = Literal["snippet", "bug", "question", "answer", "evaluation"]
 Text = Annotated[str, msgspec.Meta(max_length=50_000)]
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=2_000)]
 
 
 class Task(Base):
-    """A kind of exercise. `explain`, `fix` and `generate` have built-in description and instructions."""
+    """A kind of exercise. `explain`, `fix` and `generate` have built-in description and instructions.
+
+    `kind` says which built-in task's steps and checks it follows (a built-in id is its own kind);
+    a task without one gets the checks every task gets, and questions asked for straight away.
+    """
 
     id: Id
     description: ShortText | None = None
     instructions: Text | None = None
+    kind: TaskKind | None = None
 
 
 class Theme(Base):
@@ -94,11 +143,30 @@ class DedupSettings(Base):
     existing: Annotated[list[DedupItem], msgspec.Meta(max_length=100_000)] = []
 
 
-class Templates(Base):
-    """Per-request overrides of the prompt templates in `prompts/` (the full template text)."""
+TemplateText = Annotated[str, msgspec.Meta(min_length=1, max_length=50_000)]
 
-    question: Annotated[str, msgspec.Meta(min_length=1, max_length=50_000)] | None = None
-    answer: Annotated[str, msgspec.Meta(min_length=1, max_length=50_000)] | None = None
+
+class Templates(Base):
+    """Per-request overrides of the prompt templates in `prompts/` (the full template text).
+
+    `question` asks for questions straight away (generate); `snippet`, `bug` and `code_question` are
+    the steps of explain and fix questions (code first, a bug put into it, the question written
+    around it); `answer` answers; `repair` rewrites a flagged answer from the evidence.
+    """
+
+    question: TemplateText | None = None
+    answer: TemplateText | None = None
+    snippet: TemplateText | None = None
+    bug: TemplateText | None = None
+    code_question: TemplateText | None = None
+    repair: TemplateText | None = None
+
+
+class Budget(Base):
+    """Limits on what a job may spend. `calls_per_cell`: model calls one cell may make, top-up and
+    repairs included (null: three times the calls its count needs)."""
+
+    calls_per_cell: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
 
 
 class Spec(Base):
@@ -117,6 +185,7 @@ class Spec(Base):
     dedup: DedupSettings = msgspec.field(default_factory=DedupSettings)
     evaluation: EvaluationSettings = msgspec.field(default_factory=EvaluationSettings)
     prompts: Templates = msgspec.field(default_factory=Templates)
+    budget: Budget = msgspec.field(default_factory=Budget)
 
 
 class StepProvenance(Base):
@@ -133,10 +202,40 @@ class StepProvenance(Base):
     batch_size: int = 1
 
 
+class BugProvenance(Base):
+    """How a fix question's bug was made: by the model or by a mutation of the working code, and what
+    it does: `error` (R stops) or `output` (the code runs and prints something else); null when
+    evaluation is off and nothing ran. `step` is the model's bug call (also when its bug did not bite
+    and a mutation was used); `tried` says why each earlier attempt was not used."""
+
+    source: Literal["model", "mutation"]
+    symptom: Literal["error", "output"] | None = None
+    mutation: str | None = None
+    step: StepProvenance | None = None
+    tried: list[str] = []
+
+
+class RepairAttempt(Base):
+    """One further answer call for a flagged answer, and what the checks said of its reply."""
+
+    step: StepProvenance
+    verdict: Verdict | None = None
+    flagged: bool = False
+    failed_checks: list[CheckName] = []
+
+
 class Provenance(Base):
+    """Every step behind a pair. `answer` is the first answer; `repairs` the calls after it (the pair
+    holds the last reply). `calls`: model calls spent on this pair; `top_up`: it replaced a lost item."""
+
     spec_sha256: str
     question: StepProvenance
     answer: StepProvenance
+    snippet: StepProvenance | None = None
+    bug: BugProvenance | None = None
+    repairs: list[RepairAttempt] = []
+    calls: int = 0
+    top_up: bool = False
 
 
 class Pair(Base):
@@ -149,42 +248,68 @@ class Pair(Base):
     answer: Annotated[str, msgspec.Meta(max_length=100_000)]
     locale: Literal["ja", "en"] = "en"
     evaluation: Evaluation | None = None
+    quality: Quality | None = None
     provenance: Provenance | None = None
 
 
 class ItemDropped(Base):
-    """An item left out on purpose: a near-duplicate, or an answer whose R code failed under `drop`."""
+    """An item left out on purpose and replaced by another; `reason` says why, `detail` shows the evidence.
+    A near-duplicate carries the kept item it resembles (`nearest_id`, `score`)."""
 
-    stage: Literal["question", "answer", "evaluation"]
+    stage: DropStage
     task: Id
     theme: Id
     id: str
     text: str
-    reason: str
+    reason: DropReason
+    detail: str = ""
     nearest_id: str | None = None
     score: float | None = None
     question: str | None = None
+    failed_checks: list[CheckName] = []
 
 
 class ItemFailed(Base):
-    """An item the pipeline could not produce, with the reason; the rest of the job goes on."""
+    """A requested item the pipeline could not produce, with the reason; the rest of the job goes on.
+    `attempts`: model calls made for it (for `cell_budget_exhausted`, the calls the cell spent)."""
 
-    stage: Literal["question", "answer", "evaluation"]
+    stage: Literal["question", "answer", "evaluation", "cell"]
     task: Id
     theme: Id
-    reason: str
+    reason: FailReason
     detail: str
     question: str | None = None
     attempts: int = 0
 
 
+class CheckCount(Base):
+    """How often one check passed and failed; `pass_rate` is null when it never ran."""
+
+    passed: int = 0
+    failed: int = 0
+    pass_rate: float | None = None
+
+
 class CellCount(Base):
+    """One cell's accounting (`requested = returned + failed`; `dropped` items were replaced) and quality:
+    model `calls` spent against its `budget`, `top_up_calls` spent replacing dropped items, answers
+    `repaired`, each check's counts over the questions and final answers it judged, and `diversity`
+    (the mean over returned questions of each one's highest ROUGE-L against the others; lower is more varied)."""
+
     task: Id
     theme: Id
     requested: int
     returned: int = 0
     dropped: int = 0
     failed: int = 0
+    flagged: int = 0
+    calls: int = 0
+    budget: int = 0
+    top_up_calls: int = 0
+    repaired: int = 0
+    repair_calls: int = 0
+    checks: dict[CheckName, CheckCount] = {}
+    diversity: float | None = None
 
 
 class Counts(Base):
@@ -197,6 +322,11 @@ class Counts(Base):
     flagged: int = 0
     failed: int = 0
     returned: int = 0
+    calls: int = 0
+    top_up_calls: int = 0
+    repaired: int = 0
+    repair_calls: int = 0
+    checks: dict[CheckName, CheckCount] = {}
     cells: list[CellCount] = []
 
 
@@ -238,6 +368,17 @@ class Evaluated(Base, tag="evaluated", tag_field="event"):
     flagged: bool
 
 
+class Checked(Base, tag="checked", tag_field="event"):
+    """A question (`subject: question`) or an answer was checked; `attempt` 0 is the first answer,
+    1… its repairs. `failed` names the checks that failed; `flagged` when one of them blocks."""
+
+    id: str
+    subject: Literal["question", "answer"]
+    flagged: bool
+    attempt: int = 0
+    failed: list[CheckName] = []
+
+
 class PairReady(Base, tag="pair", tag_field="event"):
     """A finished pair (evaluated when evaluation is on): the client may keep it now."""
 
@@ -259,4 +400,14 @@ class Done(Base, tag="done", tag_field="event"):
     spec_sha256: str
 
 
-Event = CellStarted | QuestionGenerated | AnswerGenerated | Evaluated | PairReady | Dropped | Failed | Done
+Event = (
+    CellStarted
+    | QuestionGenerated
+    | AnswerGenerated
+    | Evaluated
+    | Checked
+    | PairReady
+    | Dropped
+    | Failed
+    | Done
+)

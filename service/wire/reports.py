@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from service.wire.base import Base
-from service.wire.evaluate import Evaluation
-from service.wire.generate import MAX_TOTAL_COUNT, Pair
+from service.wire.evaluate import CheckName, Evaluation, Quality
+from service.wire.generate import MAX_TOTAL_COUNT, CheckCount, Pair
 
 __all__ = ["Report", "ReportGroup", "ReportItem", "ReportRequest"]
 
@@ -17,7 +17,9 @@ class ReportRequest(Base):
     """Pairs to report on (a /v1/generate response's `pairs`).
 
     `evaluate`: `missing` runs the R code of pairs without an `evaluation`, `all` runs
-    every pair again, `none` reports what the pairs already carry.
+    every pair again, `none` reports what the pairs already carry. A pair that is run gets the
+    task-aware checks of its task too (built-in policy and conventions of its locale) when it
+    carries none, or always under `all`.
     """
 
     pairs: Annotated[list[Pair], msgspec.Meta(min_length=1, max_length=MAX_TOTAL_COUNT)]
@@ -26,12 +28,20 @@ class ReportRequest(Base):
 
 
 class ReportGroup(Base):
+    """One task × theme: verdicts, each check's counts and pass rate, answers repaired from evidence,
+    pairs that replaced a dropped item (`top_up`), and `diversity` (the mean over its questions of each
+    one's highest ROUGE-L against the others; lower is more varied)."""
+
     task: str
     theme: str
     total: int
     passed: int
     flagged: int
     verdicts: dict[str, int]
+    checks: dict[CheckName, CheckCount] = {}
+    repaired: int = 0
+    top_up: int = 0
+    diversity: float | None = None
 
 
 class ReportItem(Base):
@@ -42,10 +52,12 @@ class ReportItem(Base):
     flagged: bool
     question: str = ""
     evaluation: Evaluation | None = None
+    quality: Quality | None = None
 
 
 class Report(Base):
-    """The summary and every item, flagged ones first. `verdicts` counts `unevaluated` too."""
+    """The summary and every item, flagged ones first. `verdicts` counts `unevaluated` too; `flagged`
+    follows a pair's checks when it carries them, else its verdict; `checks` sums the groups'."""
 
     title: str
     generated_at: str
@@ -58,3 +70,5 @@ class Report(Base):
     groups: list[ReportGroup]
     items: list[ReportItem]
     sandbox: dict[str, str] = {}
+    checks: dict[CheckName, CheckCount] = {}
+    repaired: int = 0

@@ -43,12 +43,17 @@ def grid_spec(**overrides: Any) -> dict[str, Any]:
 
 
 def assert_accounted(body: dict[str, Any]) -> None:
-    """Every requested slot is a pair, an answer-stage drop or a failure: nothing silently lost."""
+    """Every requested item is a pair or a failure with its reason, and every drop (which the cell
+    replaced) is listed: nothing silently lost."""
     for cell in body["counts"]["cells"]:
-        assert cell["requested"] == cell["returned"] + cell["dropped"] + cell["failed"], cell
+        assert cell["requested"] == cell["returned"] + cell["failed"], cell
+        key = (cell["task"], cell["theme"])
+        assert cell["returned"] == sum((p["task"], p["theme"]) == key for p in body["pairs"]), cell
+        assert cell["failed"] == sum((f["task"], f["theme"]) == key for f in body["failed"]), cell
+        assert cell["dropped"] == sum((d["task"], d["theme"]) == key for d in body["dropped"]), cell
     counts = body["counts"]
-    slot_drops = [d for d in body["dropped"] if d["stage"] != "question"]
-    assert counts["requested"] == len(body["pairs"]) + len(slot_drops) + len(body["failed"])
+    assert counts["requested"] == len(body["pairs"]) + len(body["failed"])
+    assert counts["calls"] == sum(c["calls"] for c in counts["cells"])
 
 
 async def test_grid_end_to_end_over_openai(llm_server: FakeLLMServer) -> None:
@@ -58,29 +63,42 @@ async def test_grid_end_to_end_over_openai(llm_server: FakeLLMServer) -> None:
     body = response.json()
     assert body["counts"]["requested"] == 12
     assert len(body["pairs"]) == 12 and body["counts"]["returned"] == 12
-    assert not body["failed"]
+    assert not body["failed"] and not body["dropped"]
     assert_accounted(body)
     cells = {(p["task"], p["theme"]) for p in body["pairs"]}
     assert len(cells) == 6
     ids = [p["id"] for p in body["pairs"]]
     assert len(set(ids)) == 12
-    pair = body["pairs"][0]
-    prov = pair["provenance"]
+    by_task = {p["task"]: p for p in body["pairs"]}
+    prov = by_task["generate"]["provenance"]
     assert prov["question"]["provider"] == "openai" and prov["answer"]["provider"] == "openai"
     assert prov["question"]["model"] == "fake-gpt"
     assert prov["question"]["template_id"] == "question.en.md"
     assert prov["answer"]["template_id"] == "answer.en.md"
+    assert prov["snippet"] is None and prov["calls"] == 1  # the shared question call is not counted here
     assert len(prov["answer"]["template_sha256"]) == 64
     assert prov["answer"]["usage"]["input_tokens"] > 0 and prov["answer"]["latency_ms"] >= 0
     assert prov["spec_sha256"] == body["spec_sha256"]
-    # Requirements and examples reach the provider, in the system prompt shared by every call.
-    systems = [c.system for c in llm_server.calls]
-    assert all(CONVENTIONS in s for s in systems)
-    assert all(FEW_SHOT_Q in s for s in systems)
+    # explain questions come code first: a script, then the question written around it.
+    explain = by_task["explain"]
+    assert explain["provenance"]["snippet"]["template_id"] == "snippet.en.md"
+    assert explain["provenance"]["question"]["template_id"] == "code_question.en.md"
+    assert explain["provenance"]["calls"] == 3
+    assert "```r\n" in explain["question"]
+    # Evaluation is off: the checks that need no R ran, the others say why they did not.
+    assert {c["name"] for c in explain["quality"]["checks"]} >= {"question_has_code", "answer_locale"}
+    assert any("evaluation is off" in s for s in explain["quality"]["skipped"])
+    # Requirements reach the provider in the system prompt; a task sees only its own examples.
+    for call in llm_server.calls:
+        if "Write the question now." not in call.user:
+            assert CONVENTIONS in call.system
+        generate_call = "Kind of exercise: generate" in call.user
+        assert (FEW_SHOT_Q in call.system) == generate_call, call.user[:80]
     assert any("Power analysis with power.t.test" in c.user for c in llm_server.calls)
-    # The shared prefix is cached by the provider after the first call of each kind, and it is recorded.
+    # The shared prefix is cached by the provider after the first call of each task and step.
     assert body["usage"]["cached_tokens"] > 0
-    assert sum(p["provenance"]["answer"]["usage"]["cached_tokens"] > 0 for p in body["pairs"]) >= 11
+    assert sum(p["provenance"]["answer"]["usage"]["cached_tokens"] > 0 for p in body["pairs"]) >= 10
+    assert body["counts"]["calls"] == len(llm_server.calls) == 6 * 2 + 3 * 2 + 3 * 1 + 6 * 1
 
 
 async def test_anthropic_marks_the_system_prompt_cacheable(llm_server: FakeLLMServer) -> None:
@@ -108,9 +126,20 @@ async def test_ndjson_stream_reports_progress_and_ends_with_done(llm_server: Fak
     kinds = [e["event"] for e in events]
     assert kinds[-1] == "done" and kinds.count("done") == 1
     assert kinds.count("cell_started") == 6
-    assert kinds.count("question_generated") == 6
-    assert kinds.count("answer_generated") == 6
     assert kinds.count("pair") == 6
+    # Every question generated is answered or dropped (a near-duplicate of another cell's question
+    # is replaced, which depends on which arrives first).
+    question_drops = [
+        e for e in events if e["event"] == "dropped" and e["item"]["stage"] in ("question", "answer")
+    ]
+    assert kinds.count("question_generated") == 6 + len(question_drops)
+    assert kinds.count("answer_generated") == 6 + sum(e["item"]["stage"] == "answer" for e in question_drops)
+    # Each question and each answer is checked, and says so.
+    checked = [e for e in events if e["event"] == "checked"]
+    subjects = [e["subject"] for e in checked]
+    assert subjects.count("question") == kinds.count("question_generated")
+    assert 6 <= subjects.count("answer") <= kinds.count("answer_generated")
+    assert not any(e["flagged"] for e in checked)
     # A pair is emitted after its own question, not after all questions (no stage barrier is required,
     # but order within an item is).
     first_pair = kinds.index("pair")
@@ -143,7 +172,7 @@ async def test_timeouts_are_retried(llm_server: FakeLLMServer) -> None:
     assert len(response.json()["pairs"]) == 1
 
 
-async def test_malformed_replies_are_retried_then_reported() -> None:
+async def test_malformed_replies_are_retried_dropped_and_replaced_until_the_budget_ends() -> None:
     question_calls = []
 
     def reply(system: str, user: str) -> str:
@@ -153,28 +182,40 @@ async def test_malformed_replies_are_retried_then_reported() -> None:
             return "Here are some ideas for you." if len(question_calls) == 1 else default_reply(system, user)
         return "   "  # every answer comes back blank
 
-    spec = grid_spec(per_cell=1, tasks=[{"id": "generate"}], themes=[{"id": "regression"}])
+    spec = grid_spec(
+        per_cell=1, tasks=[{"id": "generate"}], themes=[{"id": "regression"}], budget={"calls_per_cell": 9}
+    )
     with FakeLLMServer(reply=reply) as server:
         async with AsyncTestClient(create_app(settings_for(server))) as client:
             response = await client.post("/v1/generate", json=spec)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert len(question_calls) == 2
     assert body["pairs"] == []
+    # The first item spends 2 question calls and 3 answer attempts; a second one still fits the
+    # budget of 9 (1 question call + 3 answer attempts), then nothing does.
+    [cell] = body["counts"]["cells"]
+    assert cell["budget"] == 9 and cell["calls"] == len(server.calls) == 9
+    assert len(question_calls) == 3
+    dropped = body["dropped"]
+    assert [d["stage"] for d in dropped] == ["answer", "answer"]
+    assert all(d["reason"] == "malformed_reply" and "empty answer" in d["detail"] for d in dropped)
+    assert all(d["question"] for d in dropped)
     [failed] = body["failed"]
-    assert failed["stage"] == "answer" and failed["reason"] == "malformed_reply"
-    assert "empty answer" in failed["detail"] and failed["attempts"] == 3
-    assert failed["question"]
+    assert failed["reason"] == "cell_budget_exhausted" and failed["stage"] == "cell"
+    assert failed["attempts"] == 9 and "2 malformed_reply" in failed["detail"]
+    assert cell["top_up_calls"] == 4  # the second item replaced the first
     assert_accounted(body)
 
 
-async def test_duplicates_are_dropped_and_shortfall_is_reported(llm_server: FakeLLMServer) -> None:
+async def test_duplicates_are_dropped_replaced_and_the_shortfall_is_reported(
+    llm_server: FakeLLMServer,
+) -> None:
     same = "How do I compute the variance of a numeric vector in R and interpret it?"
 
     def reply(system: str, user: str) -> str:
         if "### Q1" in system:
             return f"### Q1\n{same}"
-        return "Use var().\n\n```r\nx <- c(1, 2, 3)\nprint(var(x))\n```\n" + user[-200:]
+        return "Use var() on the vector.\n\n```r\nx <- c(1, 2, 3)\nprint(var(x))\n```\n" + user[-200:]
 
     spec = grid_spec(
         per_cell=2,
@@ -193,11 +234,14 @@ async def test_duplicates_are_dropped_and_shortfall_is_reported(llm_server: Fake
     body = response.json()
     assert len(body["pairs"]) == 1
     dropped = [d for d in body["dropped"] if d["stage"] == "question"]
-    assert dropped and all(d["score"] == 1.0 for d in dropped)
-    kept_question_id = next(e for e in dropped)["nearest_id"]
+    assert dropped and all(d["score"] == 1.0 and d["reason"] == "near_duplicate" for d in dropped)
+    kept_question_id = dropped[0]["nearest_id"]
     assert kept_question_id.startswith("q-") and all(d["nearest_id"] == kept_question_id for d in dropped)
     [failed] = body["failed"]
-    assert failed["reason"] == "questions_exhausted"
+    assert failed["reason"] == "cell_budget_exhausted"
+    [cell] = body["counts"]["cells"]
+    assert cell["calls"] == len(server.calls) <= cell["budget"] == 12
+    assert f"{len(dropped)} near_duplicate" in failed["detail"]
     assert_accounted(body)
 
 
@@ -245,8 +289,9 @@ async def test_rejected_key_gets_502_and_stops_calling(llm_server: FakeLLMServer
         response = await client.post("/v1/generate", json=grid_spec(per_cell=3))
     assert response.status_code == 502
     assert "invalid api key" in response.json()["detail"]
-    # Six cells with two question lanes each, every lane tried once: a rejected key is not hammered.
-    assert len(llm_server.calls) <= 12
+    # Fifteen question lanes (three for each explain cell, two for each generate cell), each tried
+    # at most once before the first 401 stops every cell: a rejected key is not hammered.
+    assert len(llm_server.calls) <= 15
 
 
 @pytest.mark.parametrize(
@@ -267,6 +312,13 @@ async def test_rejected_key_gets_502_and_stops_calling(llm_server: FakeLLMServer
         ({"prompts": {"question": "no split line here {{task_id}}"}}, "prompts.question"),
         ({"prompts": {"answer": "sys\n=== user ===\n{{nonsense}}"}}, "prompts.answer"),
         ({"per_cell": 200, "themes": [{"id": f"t{i}", "description": "x"} for i in range(30)]}, "per_cell"),
+        ({"evaluation": {"policy": {"nope": {"answer_locale": "warn"}}}}, "evaluation.policy.nope"),
+        ({"evaluation": {"policy": {"*": {"bogus_check": "warn"}}}}, "evaluation.policy[...]"),
+        ({"evaluation": {"policy": {"*": {"answer_locale": "sometimes"}}}}, "evaluation.policy[...][...]"),
+        ({"evaluation": {"repair_attempts": 9}}, "evaluation.repair_attempts"),
+        ({"budget": {"calls_per_cell": 0}}, "budget.calls_per_cell"),
+        ({"tasks": [{"id": "tidy", "description": "x", "kind": "refactor"}]}, "tasks[0].kind"),
+        ({"prompts": {"bug": "no split line"}}, "prompts.bug"),
     ],
 )
 async def test_invalid_specs_get_400_naming_the_field(
@@ -316,9 +368,11 @@ async def test_japanese_locale_uses_the_japanese_templates(llm_server: FakeLLMSe
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body["pairs"]) == 4 and all(p["locale"] == "ja" for p in body["pairs"])
-    assert body["pairs"][0]["provenance"]["question"]["template_id"] == "question.ja.md"
+    templates = {p["task"]: p["provenance"]["question"]["template_id"] for p in body["pairs"]}
+    assert templates == {"generate": "question.ja.md", "explain": "code_question.ja.md"}
     # The built-in Japanese conventions and example reach the model when the spec gives none.
-    assert all("library() や require() は使わない" in c.system for c in llm_server.calls)
+    writers = [c for c in llm_server.calls if "質問を書いてください。" not in c.user]
+    assert writers and all("library() や require() は使わない" in c.system for c in writers)
     assert any("日本語で解答を書いてください" in c.user for c in llm_server.calls)
     # Japanese questions are told apart by the Japanese tokenizer, not collapsed to nothing.
     assert body["counts"]["questions_dropped"] == 0
@@ -348,7 +402,7 @@ async def test_pairs_carry_the_verdict_of_their_r_code(llm_server: FakeLLMServer
 
 @pytest.mark.sandbox
 @pytest.mark.parametrize("policy", ["flag", "drop"])
-async def test_failing_r_is_flagged_or_dropped_by_policy(policy: str) -> None:
+async def test_failing_r_is_repaired_then_flagged_or_dropped_by_policy(policy: str) -> None:
     spec = grid_spec(
         per_cell=1, tasks=[{"id": "generate"}], evaluation={"enabled": True, "on_failure": policy}
     )
@@ -359,19 +413,38 @@ async def test_failing_r_is_flagged_or_dropped_by_policy(policy: str) -> None:
             )
     events = [json.loads(line) for line in response.text.splitlines()]
     done = events[-1]
-    assert done["event"] == "done" and done["counts"]["flagged"] == 3
-    evaluated = [e for e in events if e["event"] == "evaluated"]
-    assert [e["verdict"] for e in evaluated] == ["runtime_error"] * 3
+    assert done["event"] == "done"
     pairs = [e["pair"] for e in events if e["event"] == "pair"]
     dropped = [e["item"] for e in events if e["event"] == "dropped"]
+    failed = [e["item"] for e in events if e["event"] == "failed"]
+    evaluated = [e for e in events if e["event"] == "evaluated"]
+    assert {e["verdict"] for e in evaluated} == {"runtime_error"}
+    # Every answer got its two repairs (the fake's repairs fail the same way), so each of the three
+    # cells shows the model three answers for its first item.
+    assert sum("Write the whole answer again" in c.user for c in server.calls) >= 6
     if policy == "flag":
-        assert len(pairs) == 3 and not dropped
-        evaluation = pairs[0]["evaluation"]
+        assert len(pairs) == 3 and not dropped and not failed
+        assert done["counts"]["flagged"] == 3 and done["counts"]["repaired"] == 0
+        pair = pairs[0]
+        evaluation = pair["evaluation"]
         assert evaluation["flagged"] and "variance is undefined here" in evaluation["message"]
         assert "stop(" in (evaluation["failing_call"] or "")
+        assert pair["quality"]["flagged"]
+        assert "answer_code_runs" in [c["name"] for c in pair["quality"]["checks"] if not c["passed"]]
+        repairs = pair["provenance"]["repairs"]
+        assert [r["verdict"] for r in repairs] == ["runtime_error", "runtime_error"]
+        assert all(r["flagged"] and "answer_code_runs" in r["failed_checks"] for r in repairs)
+        assert repairs[0]["step"]["template_id"] == "repair.en.md"
     else:
-        assert not pairs and len(dropped) == 3
-        assert all(d["stage"] == "evaluation" and "runtime_error" in d["reason"] for d in dropped)
-        assert done["counts"]["evaluation_dropped"] == 3
+        # Dropped, replaced while the budget allowed, then reported short.
+        assert not pairs and dropped and len(failed) == 3
+        assert all(d["stage"] == "evaluation" and d["reason"] == "flagged" for d in dropped)
+        assert all(
+            "answer_code_runs" in d["failed_checks"] and "runtime_error" in d["detail"] for d in dropped
+        )
+        assert all(f["reason"] == "cell_budget_exhausted" for f in failed)
+        assert done["counts"]["evaluation_dropped"] == len(dropped)
+        for cell in done["counts"]["cells"]:
+            assert cell["calls"] <= cell["budget"] + 2 and cell["top_up_calls"] > 0
     for cell in done["counts"]["cells"]:
-        assert cell["requested"] == cell["returned"] + cell["dropped"] + cell["failed"]
+        assert cell["requested"] == cell["returned"] + cell["failed"]

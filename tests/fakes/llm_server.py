@@ -1,13 +1,13 @@
 """A language-model server on loopback that speaks the real OpenAI and Anthropic wire protocols.
 
 The official SDKs talk to it over real HTTP, so their request building, timeouts and
-response parsing all run for real. What it answers is scripted: varied questions under
-`### Qn` headings for question calls and an answer with a runnable ```r block for answer
-calls. Like the real APIs it stops at `max_tokens` (the text really cut there, with
-`finish_reason: "length"` / `stop_reason: "max_tokens"`). Faults in each vendor's own
-shape (`faults.py`) are queued with `fail_next` or added as standing rules with
-`faults.add`. It records every request, and the status it answered, so tests can check
-what reached the provider.
+response parsing all run for real. What it answers is scripted: a usable reply for each step
+of the pipeline by default (varied questions under `### Qn` headings, runnable R scripts,
+bugs, answers with a runnable ```r block), chosen misbehaviours through `Scripted`. Like the
+real APIs it stops at `max_tokens` (the text really cut there, with `finish_reason: "length"`
+/ `stop_reason: "max_tokens"`). Faults in each vendor's own shape (`faults.py`) are queued
+with `fail_next` or added as standing rules with `faults.add`. It records every request, and
+the status it answered, so tests can check what reached the provider.
 """
 
 from __future__ import annotations
@@ -24,11 +24,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 
 from tests.fakes.faults import Fault, FaultInjector, error_response, success_headers
 
-__all__ = ["FakeLLMServer", "Fault", "RecordedCall", "default_reply", "tokens_of"]
+__all__ = [
+    "FakeLLMServer",
+    "Fault",
+    "RecordedCall",
+    "Scripted",
+    "answer_in_chinese",
+    "answer_that_fails",
+    "answer_with_invented_output",
+    "bug_that_does_not_bite",
+    "copy_of",
+    "default_reply",
+    "step_of",
+    "tokens_of",
+    "without_code",
+]
 
 WORDS = (
     "sample mean variance median quantile residual estimate interval model predictor response factor level "
@@ -67,23 +81,195 @@ def _rng(*parts: str) -> random.Random:
 
 
 def default_reply(system: str, user: str) -> str:
-    """Questions when the prompt asks for `### Qn` headings, else an answer with runnable R code."""
-    japanese = bool(re.search(r"[\u3040-\u30ff]", user))
-    words = JA_WORDS if japanese else WORDS
-    joiner = "" if japanese else " "
+    """A usable reply for whichever step asked: see `step_of` and the scripted replies below."""
+    return _DEFAULTS[step_of(system, user)](system, user)
+
+
+# ---- Scripted replies for the pipeline's steps ---------------------------------------------------
+# Each step of the pipeline is recognised by its prompt (`step_of`) and gets a usable reply by
+# default: questions under `### Qn` headings; for explain/fix, a runnable script, a bug that makes it
+# fail, and a question around the code; answers with a runnable ```r block that differs from the
+# question's code; repairs likewise. `Scripted` replaces the reply of chosen steps, and the helpers
+# after it build the misbehaviours the quality checks exist for.
+
+Step = Literal["questions", "snippet", "bug", "code_question", "answer", "repair"]
+Reply = Callable[[str, str], str]
+
+
+def step_of(system: str, user: str) -> Step:
     if "### Q1" in system:
-        m = re.search(r"Write (\d+) new", user) or re.search(r"新しい問題を (\d+) 個", user)
-        count = int(m.group(1)) if m else 1
-        rng = _rng(user, str(time.perf_counter_ns()))
-        blocks = []
-        for i in range(1, count + 1):
-            text = joiner.join(rng.choice(words) for _ in range(18))
-            blocks.append(f"### Q{i}\n{text}?")
-        return "\n\n".join(blocks)
+        return "questions"
+    if "The working script:" in user or "動作するスクリプト:" in user:
+        return "bug"
+    if "Write the question now." in user or "質問を書いてください。" in user:
+        return "code_question"
+    if "Write the whole answer again" in user or "解答全体を日本語で書き直してください" in user:
+        return "repair"
+    if "holding the whole script" in system or "スクリプト全体を 1 つの" in system:
+        return "snippet"
+    return "answer"
+
+
+def _japanese(text: str) -> bool:
+    return bool(re.search(r"[\u3040-\u30ff]", text))
+
+
+def _prose(rng: random.Random, japanese: bool, n: int = 40) -> str:
+    words = JA_WORDS if japanese else WORDS
+    text = ("" if japanese else " ").join(rng.choice(words) for _ in range(n))
+    return text + ("を計算します。" if japanese else ".")
+
+
+def _code_in(text: str) -> str:
+    m = re.search(r"```r\n(.*?)\n```", text, re.S)
+    return m.group(1) if m else ""
+
+
+def _questions(system: str, user: str) -> str:
+    m = re.search(r"Write (\d+) new", user) or re.search(r"新しい問題を (\d+) 個", user)
+    count = int(m.group(1)) if m else 1
+    rng = _rng(user, str(time.perf_counter_ns()))
+    japanese = _japanese(user)
+    joiner = "" if japanese else " "
+    blocks = []
+    for i in range(1, count + 1):
+        text = joiner.join(rng.choice(JA_WORDS if japanese else WORDS) for _ in range(18))
+        blocks.append(f"### Q{i}\n{text}を R でどう求めますか?" if japanese else f"### Q{i}\n{text}?")
+    return "\n\n".join(blocks)
+
+
+def _snippet(system: str, user: str) -> str:
+    """A runnable script: random names, numbers and a comment, so scripts of a cell differ."""
+    rng = _rng(user, str(time.perf_counter_ns()))
+    n, mean, sd = rng.randint(6, 30), rng.randint(10, 90), rng.randint(1, 9)
+    name = rng.choice(["scores", "weights", "times", "doses", "yields", "heights", "counts", "ranks"])
+    name += "_" + rng.choice(WORDS)
+    comment = " ".join(rng.choice(WORDS) for _ in range(8))
+    summary = rng.choice(["median", "max", "min", "length", "sum", "range"])
+    return (
+        "```r\n"
+        f"# {comment}\n"
+        f"set.seed({rng.randint(1, 9999)})\n"
+        f"{name} <- round(rnorm({n}, mean = {mean}, sd = {sd}), 1)\n"
+        f"{name}_mean <- mean({name})\n"
+        f"print({name}_mean)\n"
+        f"print({summary}({name}))\n"
+        "```"
+    )
+
+
+def _bug(system: str, user: str) -> str:
+    """The working script with the first `print(name_mean)` misspelt: R stops with 'not found'."""
+    code = _code_in(user)
+    broken = re.sub(r"print\((\w+)_mean\)", r"print(\1_maen)", code, count=1)
+    return f"```r\n{broken}\n```"
+
+
+def _code_question(system: str, user: str) -> str:
     rng = _rng(user)
-    prose = joiner.join(rng.choice(words) for _ in range(40))
+    japanese = _japanese(user)
+    code = _code_in(user)
+    context = _prose(rng, japanese, 12)
+    if "Kind of exercise: fix" in user or "問題の種類: fix" in user:
+        ask = (
+            "どこが間違っていて、どう直せばよいですか?" if japanese else "What is wrong, and how do I fix it?"
+        )
+    else:
+        ask = (
+            "このコードは何をしていて、出力はどう読めばよいですか?"
+            if japanese
+            else "What does this code do, and how do I read its output?"
+        )
+    return f"{context}\n\n```r\n{code}\n```\n\n{ask}"
+
+
+def _answer(system: str, user: str) -> str:
+    rng = _rng(user)
+    japanese = _japanese(user)
     values = ", ".join(str(rng.randint(1, 99)) for _ in range(6))
-    return f"{prose}\n\n```r\nx <- c({values})\nprint(mean(x))\nprint(var(x))\n```\n\n{prose[::-1]}"
+    return (
+        f"{_prose(rng, japanese)}\n\n```r\nx <- c({values})\nprint(mean(x))\nprint(var(x))\n```\n\n"
+        f"{_prose(rng, japanese)}"
+    )
+
+
+_DEFAULTS: dict[Step, Reply] = {
+    "questions": _questions,
+    "snippet": _snippet,
+    "bug": _bug,
+    "code_question": _code_question,
+    "answer": _answer,
+    "repair": _answer,
+}
+
+
+class Scripted:
+    """A reply function: the given steps answer as scripted (a text or a function of the prompt,
+    or a list of them used in turn, the last one repeated), the others as by default. `seen` counts
+    the calls of each step."""
+
+    def __init__(self, **steps: str | Reply | list[str | Reply]) -> None:
+        self.steps = {k: (v if isinstance(v, list) else [v]) for k, v in steps.items()}
+        self.seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, system: str, user: str) -> str:
+        step = step_of(system, user)
+        with self._lock:
+            n = self.seen.get(step, 0)
+            self.seen[step] = n + 1
+        replies = self.steps.get(step)
+        if not replies:
+            return default_reply(system, user)
+        reply = replies[min(n, len(replies) - 1)]
+        return reply(system, user) if callable(reply) else reply
+
+
+def without_code(system: str, user: str) -> str:
+    """A snippet or question that shows no code at all."""
+    rng = _rng(user, str(time.perf_counter_ns()))
+    return _prose(rng, _japanese(user), 20).replace(".", "?")
+
+
+def bug_that_does_not_bite(system: str, user: str) -> str:
+    """The working script back, with only a comment added: it runs and prints the same."""
+    return f"```r\n# the same script\n{_code_in(user)}\n```"
+
+
+def answer_that_fails(system: str, user: str) -> str:
+    """An answer whose R code stops with an error on its third line."""
+    rng = _rng(user)
+    japanese = _japanese(user)
+    return (
+        f"{_prose(rng, japanese)}\n\n```r\nx <- c(1, 2, 3)\nprint(mean(x))\nprint(mean(y_missing))\n```\n\n"
+        f"{_prose(rng, japanese)}"
+    )
+
+
+def answer_in_chinese(system: str, user: str) -> str:
+    """What the small model does in Japanese: the prose drifts into Chinese."""
+    return (
+        "这段代码计算样本的平均值和标准偏差。然后我们输出结果。\n\n```r\nx <- c(4, 8, 15, 16)\n"
+        "print(mean(x))\n```\n\n我们使用 mean() 函数来计算平均值,结果打印出来。"
+    )
+
+
+def answer_with_invented_output(system: str, user: str) -> str:
+    """An answer whose "Output:" block shows numbers its code never printed."""
+    return (
+        "Compute the mean and the variance of the values with base R functions.\n\n```r\n"
+        "x <- c(2, 4, 6)\nprint(mean(x))\nprint(var(x))\n```\n\nOutput:\n\n```\n[1] 5.25\n[1] 9.1\n```\n\n"
+        "The first value is the sample mean and the second one is the sample variance of the vector."
+    )
+
+
+def copy_of(question: str) -> Reply:
+    """Questions that copy a few-shot example word for word."""
+
+    def reply(system: str, user: str) -> str:
+        return f"### Q1\n{question}"
+
+    return reply
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -103,12 +103,17 @@ async def test_report_runs_only_what_is_missing_and_puts_flagged_first() -> None
     ]
     runner = FakeRunner(by_code)
     report, html = await build_report(pairs, runner=runner, evaluate="missing", title="Nightly")
-    assert runner.calls == ["mean(y)"]
+    # p2's code, then the checks' snippet over it; p3 has no code, p1 was run before.
+    assert runner.calls[0] == "mean(y)" and len(runner.calls) == 2 and "lintr::lint" in runner.calls[1]
     assert report.title == "Nightly" and report.total == 3
     assert report.verdicts == {"passed": 1, "no_code": 1, "runtime_error": 1}
-    assert report.flagged == 1 and report.passed == 1 and report.pass_rate == pytest.approx(1 / 3, abs=1e-4)
-    assert report.items[0].id == "p2"
-    assert report.items[0].evaluation is not None and report.items[0].evaluation.failing_call == "mean(y)"
+    # p3 needs no code in its answer, but an explain question must show code to explain.
+    assert report.flagged == 2 and report.passed == 1 and report.pass_rate == pytest.approx(1 / 3, abs=1e-4)
+    assert [i.id for i in report.items[:2]] == ["p3", "p2"]
+    p3 = report.items[0].quality
+    assert p3 is not None and [c.name for c in p3.checks if not c.passed] == ["question_has_code"]
+    p2 = report.items[1]
+    assert p2.evaluation is not None and p2.evaluation.failing_call == "mean(y)"
     assert report.sandbox == {"mode": "fake", "workers": "1"}
     assert (
         html.startswith("<!DOCTYPE html>") and "Nightly" in html and "object &#x27;y&#x27; not found" in html

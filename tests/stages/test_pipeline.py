@@ -12,6 +12,7 @@ import openai
 from service.app import create_app
 from service.providers.openai import OpenAIProvider
 from service.stages.pipeline import collect, run_job
+from service.stages.quality import warm_up
 from service.stages.spec import resolve_spec
 from service.wire.generate import Spec
 from tests.conftest import serve, settings_for
@@ -44,6 +45,8 @@ async def test_a_fast_cell_finishes_while_a_slow_cell_is_still_asking() -> None:
             time.sleep(1.5)
         return default_reply(system, user)
 
+    # The language models load once per process; loaded here, so the test times the pipeline alone.
+    warm_up()
     with FakeLLMServer(reply=reply) as server:
         provider = provider_for(server)
         events = [e async for e in run_job(resolve_spec(spec()), provider, evaluate=None)]

@@ -8,7 +8,15 @@ import pytest
 from service.errors import InvalidInput
 from service.stages.answers import parse_answer
 from service.stages.calls import MalformedReply
-from service.stages.prompts import answer_request, load_template, question_request
+from service.stages.prompts import (
+    answer_request,
+    bug_request,
+    code_question_request,
+    load_template,
+    load_templates,
+    question_request,
+    repair_request,
+)
 from service.stages.questions import parse_questions
 from service.stages.spec import resolve_spec
 from service.wire.generate import Spec
@@ -24,7 +32,7 @@ def test_defaults_fill_tasks_themes_and_conventions() -> None:
     assert {"mean-variance", "hypothesis-tests", "regression"} <= set(job.themes)
     assert len(job.cells) == len(job.tasks) * len(job.themes)
     assert "no library()" in job.conventions
-    assert job.few_shot and job.few_shot[0].task == "generate"
+    assert {e.task for e in job.few_shot} == {"explain", "fix", "generate"}
     ja = job_for(locale="ja")
     assert ja.tasks["explain"].description == "R コードの説明"
 
@@ -48,7 +56,7 @@ def test_explicit_cells() -> None:
     assert job.requested == 4 and [(c.task, c.theme) for c in job.cells] == [("fix", "summaries")]
 
 
-def test_system_prompt_is_identical_across_calls_and_carries_the_requirements() -> None:
+def test_system_prompt_is_identical_across_calls_of_a_task_and_carries_its_own_examples() -> None:
     job = job_for(
         conventions="CONV-1",
         answer_rules="RULES-2",
@@ -57,18 +65,67 @@ def test_system_prompt_is_identical_across_calls_and_carries_the_requirements() 
     q_tpl, a_tpl = load_template(job, "question"), load_template(job, "answer")
     explain, fix = job.tasks["explain"], job.tasks["fix"]
     mv, reg = job.themes["mean-variance"], job.themes["regression"]
-    q1 = question_request(job, q_tpl, explain, mv, count=3, avoid=[])
+    q1 = question_request(job, q_tpl, fix, mv, count=3, avoid=[])
     q2 = question_request(job, q_tpl, fix, reg, count=1, avoid=["an earlier question"])
     assert q1.system == q2.system
     assert "CONV-1" in q1.system and "FS-Q" in q1.system and "FS-A" not in q1.system
     assert "Write 3 new" in q1.messages[0].content
     assert "an earlier question" in q2.messages[0].content and "an earlier question" not in q2.system
-    a1 = answer_request(job, a_tpl, explain, mv, question="Q-ONE")
+    a1 = answer_request(job, a_tpl, fix, mv, question="Q-ONE")
     a2 = answer_request(job, a_tpl, fix, reg, question="Q-TWO")
     assert a1.system == a2.system
     assert "RULES-2" in a1.system and "FS-A" in a1.system
     assert a1.messages[0].content.endswith("Write the answer in English now.")
     assert "Q-ONE" in a1.messages[0].content
+    # Another task sees none of the fix examples.
+    other = answer_request(job, a_tpl, explain, mv, question="Q-ONE")
+    assert "FS-A" not in other.system and "FS-Q" not in other.system and "RULES-2" in other.system
+
+
+def test_each_step_has_its_template_and_its_placeholders() -> None:
+    job = job_for(locale="ja")
+    templates = load_templates(job)
+    assert {t.id for t in templates.values()} == {
+        f"{kind}.ja.md" for kind in ("question", "answer", "snippet", "bug", "code_question", "repair")
+    }
+    fix, reg = job.tasks["fix"], job.themes["regression"]
+    bug = bug_request(job, templates["bug"], fix, reg, code="x <- 1\nprint(x)", output="[1] 1")
+    assert "```r\nx <- 1\nprint(x)\n```" in bug.messages[0].content and "[1] 1" in bug.messages[0].content
+    # The built-in fix example teaches the bug step as working code beside its broken version.
+    assert "mean(scores)" in bug.system and "mean(score)" in bug.system
+    cq = code_question_request(job, templates["code_question"], fix, reg, code="f(1)", run_result="RESULT-9")
+    assert "RESULT-9" in cq.messages[0].content and "質問を書いてください。" in cq.messages[0].content
+    repair = repair_request(
+        job,
+        templates["repair"],
+        fix,
+        reg,
+        question="Q",
+        question_output="",
+        answer="OLD-ANSWER",
+        evidence="EV-3",
+    )
+    assert [m.role for m in repair.messages] == ["user", "assistant", "user"]
+    assert repair.messages[1].content == "OLD-ANSWER" and "EV-3" in repair.messages[2].content
+    # The repair step shares the answer step's system prompt, so the provider's cache serves both.
+    assert repair.system == answer_request(job, templates["answer"], fix, reg, question="Q").system
+
+
+def test_turns_must_alternate_and_end_with_the_user() -> None:
+    for text, message in [
+        ("s\n=== user ===\nq\n=== assistant ===\na", "last turn"),
+        ("s\n=== user ===\nq\n=== user ===\nq2", "two user turns"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            load_template(job_for(prompts={"repair": text}), "repair")
+
+
+def test_every_template_can_be_overridden_and_is_checked() -> None:
+    job = job_for(prompts={"snippet": "S {{conventions}}\n=== user ===\n{{theme_id}} {{avoid}}"})
+    assert load_template(job, "snippet").id == "request:snippet"
+    with pytest.raises(InvalidInput) as info:
+        load_template(job_for(prompts={"repair": "x\n=== user ===\n{{count}}"}), "repair")
+    assert info.value.field == "prompts.repair" and "count" in info.value.detail
 
 
 def test_answer_temperature_overrides_for_answers_only() -> None:
