@@ -31,6 +31,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _at_least(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    value = _int(env, name, default)
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -160,8 +167,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     default_provider: Literal["openai", "anthropic", "local"] | None = None
 
     local_model_path: str | None = None
-    local_threads: int = 1
-    local_context: int = 8192
+    # Parallel decoding slots of the embedded model (continuous batching); also its calls in flight.
+    local_slots: int = 4
+    # llama.cpp threads; 0: one per core this process may use (affinity mask and cgroup quota).
+    local_threads: int = 0
+    # Context of each slot in tokens (llama.cpp's n_ctx is this times the slots): prompt + max_tokens.
+    local_context: int = 4096
 
     sandbox: Literal["bwrap", "none"] = "bwrap"
     eval_workers: int = 0  # 0: one per core
@@ -228,8 +239,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             anthropic_model=env.get("QASYNTH_ANTHROPIC_MODEL") or defaults.anthropic_model,
             default_provider=provider,  # type: ignore[arg-type]
             local_model_path=env.get("QASYNTH_LOCAL_MODEL") or None,
-            local_threads=_int(env, "QASYNTH_LOCAL_THREADS", defaults.local_threads),
-            local_context=_int(env, "QASYNTH_LOCAL_CONTEXT", defaults.local_context),
+            local_slots=_at_least(env, "QASYNTH_LOCAL_SLOTS", defaults.local_slots, 1),
+            local_threads=_at_least(env, "QASYNTH_LOCAL_THREADS", defaults.local_threads, 0),
+            local_context=_at_least(env, "QASYNTH_LOCAL_CONTEXT", defaults.local_context, 512),
             sandbox=sandbox,  # type: ignore[arg-type]
             eval_workers=_int(env, "QASYNTH_EVAL_WORKERS", defaults.eval_workers),
             eval_wall_s=_float(env, "QASYNTH_EVAL_WALL_S", defaults.eval_wall_s),
