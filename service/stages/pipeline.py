@@ -27,11 +27,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from service.errors import ProviderError, ProviderRejected, SandboxUnavailable
+from service.errors import BatchRequestFailed, ProviderError, ProviderRejected, SandboxUnavailable
 from service.providers.base import Provider
 from service.stages.answers import generate_answer
 from service.stages.calls import Call, MalformedReply
@@ -87,6 +87,7 @@ from service.wire.generate import (
 __all__ = ["collect", "pair_id", "question_id", "run_job"]
 
 T = TypeVar("T")
+Via = Literal["api", "batch"]
 
 # Question lanes in flight at once for one cell: later calls see fewer earlier questions in their
 # avoid-list, so a few lanes trade a little variety for not serialising a large cell.
@@ -191,8 +192,10 @@ class _Run:
         *,
         retries: int,
         emit: Callable[[Event], None],
+        via: Via = "api",
     ) -> None:
         self.job = job
+        self.via: Via = via
         self.provider = provider
         self.sandbox = sandbox
         self.retries = retries
@@ -328,6 +331,7 @@ class _Run:
             latency_ms=round(call.latency_ms, 1),
             attempts=call.attempts,
             batch_size=batch_size,
+            via=self.via,
         )
 
     # -- questions
@@ -680,9 +684,13 @@ class _Run:
     def _provider_failed(
         self, c: _Cell, slot: Slot, exc: ProviderError, *, stage: str, question: str | None
     ) -> None:
-        reason: FailReason = (
-            "provider_rejected" if isinstance(exc, ProviderRejected) else "provider_unavailable"
-        )
+        reason: FailReason
+        if isinstance(exc, BatchRequestFailed):
+            reason = exc.reason  # type: ignore[assignment]
+        elif isinstance(exc, ProviderRejected):
+            reason = "provider_rejected"
+        else:
+            reason = "provider_unavailable"
         self._settle(
             c, slot, self._failed(c, stage, reason, f"{exc.provider}: {exc.detail}", question=question)
         )
@@ -742,17 +750,18 @@ _END = object()
 
 
 def run_job(
-    job: Job, provider: Provider, *, evaluate: Sandbox | None, retries: int = 2
+    job: Job, provider: Provider, *, evaluate: Sandbox | None, retries: int = 2, via: Via = "api"
 ) -> AsyncIterator[Event]:
     """Events as items progress; the last is `Done`. Closing the iterator cancels the job.
 
     `evaluate` is the sandbox (`stages.evaluate.answer_evaluator(runner)`), or None when
     evaluation is off: then only the checks that need no R run. Not itself a generator:
     templates are loaded and checked here, at the call, so a bad override is a 400 before a
-    streamed response has started.
+    streamed response has started. `via` is recorded in every step's provenance: `batch` when the
+    provider's replies come from its batch API (`stages/batches.py`).
     """
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    run = _Run(job, provider, evaluate, retries=retries, emit=queue.put_nowait)
+    run = _Run(job, provider, evaluate, retries=retries, emit=queue.put_nowait, via=via)
     return _events(job, run, queue)
 
 
