@@ -135,7 +135,7 @@ class AnthropicProvider(SDKProvider):
         out: dict[str, Completion | ProviderError] = {}
         for line in await self._managed(read):
             result = line.result
-            prefix = f"{self.name} batch {batch_id}"
+            prefix = f"batch {batch_id}"
             if result.type == "succeeded":
                 message = result.message
                 out[line.custom_id] = self._completion(message, model=message.model, latency_ms=0.0)

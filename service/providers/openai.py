@@ -168,7 +168,7 @@ class OpenAIProvider(SDKProvider):
         )
         for line in await self._file_lines(batch.input_file_id):
             if line.get("custom_id") not in out:
-                detail = f"{self.name} batch {batch_id}: {why[1]}" + (f" ({errors})" if errors else "")
+                detail = f"batch {batch_id}: {why[1]}" + (f" ({errors})" if errors else "")
                 out[line["custom_id"]] = BatchRequestFailed(detail, provider=self.name, reason=why[0])
         return out
 
@@ -179,7 +179,7 @@ class OpenAIProvider(SDKProvider):
                 completion = ChatCompletion.model_validate(response.get("body"))
                 return self._completion(completion, model=completion.model, latency_ms=0.0)
             except (pydantic.ValidationError, UnreadableResponse) as exc:
-                detail = f"{self.name} batch {batch_id}: an unreadable result line ({exc})"
+                detail = f"batch {batch_id}: an unreadable result line ({exc})"
                 return BatchRequestFailed(detail, provider=self.name, reason="batch_errored")
         error = line.get("error") or {}
         if isinstance(response, dict):
@@ -190,9 +190,7 @@ class OpenAIProvider(SDKProvider):
         else:
             detail = f"{error.get('code')}: {error.get('message')}"
         reason = "batch_expired" if error.get("code") == "batch_expired" else "batch_errored"
-        return BatchRequestFailed(
-            f"{self.name} batch {batch_id}: {detail}", provider=self.name, reason=reason
-        )
+        return BatchRequestFailed(f"batch {batch_id}: {detail}", provider=self.name, reason=reason)
 
 
 CHAT_ENDPOINT: Final = "/v1/chat/completions"

@@ -19,6 +19,7 @@ requests (lanes of a cell asking for a script the same way), its occurrence in t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -36,6 +37,10 @@ from service.stages.spec import Job
 from service.wire.generate import GenerateResponse
 
 __all__ = ["Deferred", "Handle", "Replay", "open_handle", "replay", "sign_handle"]
+
+
+# How long the replay waits for more calls before it answers those waiting: one "wave" of calls.
+QUIET_S = 0.01
 
 
 class Deferred(ProviderUnavailable):
@@ -59,11 +64,14 @@ class Replay:
         self._seen: Counter[str] = Counter()
         self._last_round = last_round
         self.pending: dict[str, CompletionRequest] = {}
+        self._wave: asyncio.Event | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     async def complete(self, request: CompletionRequest) -> Completion:
         digest = hashlib.sha256(msgspec.json.encode(request)).hexdigest()[:40]
         custom_id = f"{digest}-{self._seen[digest]}"
         self._seen[digest] += 1
+        await self._quiet()
         result = self._results.get(custom_id)
         if isinstance(result, ProviderError):
             raise result
@@ -71,12 +79,32 @@ class Replay:
             return result
         if self._last_round:
             raise BatchRequestFailed(
-                f"{self.name}: the job reached its limit of batch rounds before this call",
+                "the job reached its limit of batch rounds before this call",
                 provider=self.name,
                 reason="batch_rounds_exhausted",
             )
         self.pending[custom_id] = request
-        raise Deferred(f"{self.name}: deferred to the next batch round", provider=self.name)
+        raise Deferred("deferred to the next batch round", provider=self.name)
+
+    async def _quiet(self) -> None:
+        """Wait until no call has come for a moment, then answer all those waiting at once.
+
+        A real call takes long enough for every lane to send its own before any reply is back; a
+        reply given at once would let one lane run ahead and change what the others ask (their
+        avoid-lists), so the run would ask for calls the ended rounds never held.
+        """
+        if self._wave is None:
+            self._wave = asyncio.Event()
+        wave = self._wave
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(QUIET_S, self._release)
+        await wave.wait()
+
+    def _release(self) -> None:
+        if self._wave is not None:
+            self._wave.set()
+        self._wave, self._timer = None, None
 
     async def aclose(self) -> None:
         pass
