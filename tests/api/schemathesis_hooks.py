@@ -3,7 +3,7 @@
 Some rules of a request hold between fields and cannot be written in JSON Schema; the routes'
 descriptions and the README state them and the service answers a 400 naming the field:
 ids unique across `items` and `existing`; a spec gives exactly one of `per_cell` and `cells`, its
-cells and few-shot examples name tasks and themes of its grid, a task or theme that is not built in
+cells, few-shot examples and check policies name tasks and themes of its grid, a task or theme that is not built in
 has a description, and a replacement template has its `=== user ===` line. A body generated as
 schema-valid is brought within these rules here, so that "valid data is accepted" tests the service
 rather than the generator; bodies generated as invalid are left as they are. /v1/generate also gets
@@ -79,6 +79,12 @@ def _coherent_spec(spec: dict[str, Any]) -> None:
         spec["per_cell"] = min(spec.get("per_cell") or 0, 1)
     for example in spec.get("few_shot", []):
         example["task"] = tasks[0]
+    evaluation = spec.get("evaluation") or {}
+    if evaluation.get("policy"):
+        names = ["*", *tasks]
+        evaluation["policy"] = {
+            names[n % len(names)]: checks for n, checks in enumerate(evaluation["policy"].values())
+        }
     _unique_ids(spec.get("dedup", {}).get("existing", []))
     spec.pop("prompts", None)
     model = spec.setdefault("model", {})

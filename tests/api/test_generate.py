@@ -126,12 +126,19 @@ async def test_ndjson_stream_reports_progress_and_ends_with_done(llm_server: Fak
     kinds = [e["event"] for e in events]
     assert kinds[-1] == "done" and kinds.count("done") == 1
     assert kinds.count("cell_started") == 6
-    assert kinds.count("question_generated") == 6
-    assert kinds.count("answer_generated") == 6
     assert kinds.count("pair") == 6
+    # Every question generated is answered or dropped (a near-duplicate of another cell's question
+    # is replaced, which depends on which arrives first).
+    question_drops = [
+        e for e in events if e["event"] == "dropped" and e["item"]["stage"] in ("question", "answer")
+    ]
+    assert kinds.count("question_generated") == 6 + len(question_drops)
+    assert kinds.count("answer_generated") == 6 + sum(e["item"]["stage"] == "answer" for e in question_drops)
     # Each question and each answer is checked, and says so.
     checked = [e for e in events if e["event"] == "checked"]
-    assert sorted(e["subject"] for e in checked) == ["answer"] * 6 + ["question"] * 6
+    subjects = [e["subject"] for e in checked]
+    assert subjects.count("question") == kinds.count("question_generated")
+    assert 6 <= subjects.count("answer") <= kinds.count("answer_generated")
     assert not any(e["flagged"] for e in checked)
     # A pair is emitted after its own question, not after all questions (no stage barrier is required,
     # but order within an item is).

@@ -198,8 +198,10 @@ async def test_the_limit_adapts_down_to_what_the_server_allows_and_every_call_su
     refused = sum(c.status == 429 for c in server.calls)
     assert refused == rule.refused == lane.throttled  # type: ignore[attr-defined]
     # 8 sent at once against a limit of 3: 5 refused, then 4, 3, 2, 1 as the limit comes down to 3,
-    # and a few steps back up answered by a 429.
-    assert 15 <= refused <= 20
+    # and a few steps back up answered by a 429. How many of the 8 are in flight together when the
+    # first 429s return depends on the machine's load, hence the margin; a lane that did not adapt
+    # would be refused on most of the 60 calls.
+    assert 10 <= refused <= 24
 
 
 async def test_a_fixed_concurrency_never_exceeds_its_limit(llm_server: FakeLLMServer) -> None:
