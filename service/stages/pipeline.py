@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import msgspec
 
@@ -686,7 +686,7 @@ class _Run:
     ) -> None:
         reason: FailReason
         if isinstance(exc, BatchRequestFailed):
-            reason = exc.reason  # type: ignore[assignment]
+            reason = cast(FailReason, exc.reason)
         elif isinstance(exc, ProviderRejected):
             reason = "provider_rejected"
         else:

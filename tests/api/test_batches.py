@@ -3,6 +3,7 @@ batch methods against the fake server's Files/Batch and Message Batches protocol
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from service.app import create_app
+from service.settings import ApiKey
 from tests.api.test_generate import assert_accounted, grid_spec
 from tests.conftest import serve, settings_for
 from tests.fakes.llm_server import FakeLLMServer, Fault, Scripted, answer_that_fails
@@ -231,3 +233,24 @@ def test_the_same_accounting_as_generate_with_the_sandbox(llm_server: FakeLLMSer
     assert done["round"] == 5
     per_round = {j["round"]: j["requests"] for j in seen if j["state"] != "done"}
     assert sum(per_round.values()) == expected["counts"]["calls"], per_round
+
+
+def test_a_handle_belongs_to_the_key_that_made_it(llm_server: FakeLLMServer) -> None:
+    keys = {name: f"qsk_{name}-{'0' * 40}" for name in ("alice", "bob")}
+    settings = settings_for(
+        llm_server,
+        batch_secret=SECRET,
+        sandbox="none",
+        api_keys=tuple(
+            ApiKey(name=n, sha256=hashlib.sha256(k.encode()).hexdigest()) for n, k in keys.items()
+        ),
+    )
+    body = small_spec("openai")
+    with serve(create_app(settings)) as url:
+        alice = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['alice']}"}, timeout=60)
+        bob = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['bob']}"}, timeout=60)
+        handle = _submitted(alice, body)
+        assert alice.get(f"/v1/batches/{handle}").status_code == 200
+        for reply in (bob.get(f"/v1/batches/{handle}"), bob.post(f"/v1/batches/{handle}", json=body)):
+            assert reply.status_code == 403 and "another API key" in reply.json()["detail"]
+        assert httpx.get(f"{url}/v1/batches/{handle}").status_code == 401
