@@ -6,7 +6,8 @@ batch line gets exactly the reply, usage, caching and faults (`server.fail_next`
 would, and it is recorded in `server.calls` like one.
 
 Time is counted in polls: a batch reports itself in progress for `polls` retrievals (counted
-per batch), then runs its requests and ends. `expire_next(after=k)` makes the next batch created
+per batch), then runs its requests and ends (an OpenAI batch is `finalizing` for one retrieval
+before it is `completed`). `expire_next(after=k)` makes the next batch created
 expire having run only its first `k` requests. The shapes follow the vendors' documentation:
 
 OpenAI: `POST /v1/files` (multipart, purpose `batch`) → a file object; `POST /v1/batches`
@@ -263,7 +264,7 @@ class FakeBatches:
             "created_at": int(batch.created_at),
             "in_progress_at": int(batch.created_at) if batch.status != "validating" else None,
             "expires_at": int(batch.created_at + 86400),
-            "finalizing_at": int(ended) if ended and batch.status == "completed" else None,
+            "finalizing_at": int(batch.created_at) if batch.status in ("finalizing", "completed") else None,
             "completed_at": int(ended) if ended and batch.status == "completed" else None,
             "failed_at": int(ended) if ended and batch.status == "failed" else None,
             "expired_at": int(ended) if ended and batch.status == "expired" else None,
@@ -415,11 +416,16 @@ class FakeBatches:
     # ---- running a batch
 
     def _advance(self, batch: StoredBatch) -> None:
-        """One retrieval: in progress for `polls` of them, then the requests run and the batch ends."""
+        """One retrieval: in progress for `polls` of them, then the requests run and the batch ends
+        (OpenAI's shows `finalizing` for one retrieval first, unless it expired)."""
         if batch.ended_at is not None:
             return
         if batch.vendor == "openai" and batch.errors:
             batch.status, batch.ended_at = "failed", time.time()
+            return
+        if batch.status == "finalizing":
+            batch.status, batch.ended_at = "completed", time.time()
+            self._write_openai_files(batch, unrun=("batch_failed", "This request was not run."))
             return
         batch.polls += 1
         if batch.polls <= self.polls:
@@ -428,9 +434,12 @@ class FakeBatches:
         limit = len(batch.requests) if batch.expire_after is None else batch.expire_after
         for custom_id, body in batch.requests[:limit]:
             batch.answers[custom_id] = self._run(batch.vendor, body)
-        batch.ended_at = time.time()
-        if batch.vendor == "openai":
-            batch.status = "completed" if batch.expire_after is None else "expired"
+        if batch.vendor == "anthropic":
+            batch.status, batch.ended_at = "ended", time.time()
+        elif batch.expire_after is None:
+            batch.status = "finalizing"
+        else:
+            batch.status, batch.ended_at = "expired", time.time()
             self._write_openai_files(
                 batch,
                 unrun=(
@@ -438,8 +447,6 @@ class FakeBatches:
                     "This request could not be executed before the completion window expired.",
                 ),
             )
-        else:
-            batch.status = "ended"
 
     def _run(self, vendor: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One request, answered by this server's own endpoint for it."""

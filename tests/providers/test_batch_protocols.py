@@ -34,6 +34,9 @@ async def test_a_batch_runs_after_its_polls_and_answers_each_request(
     for _ in range(2):
         polled = await provider.batch_status(submitted.id)
         assert polled.status == "in_progress" and not polled.ended and polled.counts.processing == 3
+    if vendor == "openai":
+        finalizing = await provider.batch_status(submitted.id)
+        assert finalizing.status == "finalizing" and not finalizing.ended and finalizing.counts.succeeded == 3
     ended = await provider.batch_status(submitted.id)
     assert ended.ended and ended.status == ("completed" if vendor == "openai" else "ended")
     assert (ended.counts.succeeded, ended.counts.errored, ended.counts.processing) == (3, 0, 0)
