@@ -28,7 +28,7 @@ from service.runtime import Runtime
 from service.stages.batches import Handle, open_handle, replay, sign_handle
 from service.stages.evaluate import Sandbox, answer_evaluator
 from service.stages.spec import Job, resolve_spec
-from service.wire.batches import BatchJob
+from service.wire.batches import BatchJob, ProviderBatch
 from service.wire.generate import Spec
 
 __all__ = ["routes"]
@@ -38,6 +38,12 @@ HANDLE = Parameter(
     min_length=1,
     max_length=4000,
     pattern=r"^[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+$",
+)
+
+
+# What the routes that run the job may answer besides their own reply.
+JOB_PROBLEMS = problems(
+    {502: "The provider refused or failed the batch", 503: "Evaluation asked for, sandbox unavailable"}
 )
 
 
@@ -53,6 +59,19 @@ def _provider(runtime: Runtime, name: str | None) -> _BatchProvider:
             field="model.provider",
         )
     return cast(_BatchProvider, provider)
+
+
+def _current(opened: Handle, handle: str, batch: ProviderBatch) -> BatchJob:
+    """The job as its handle and the current round's provider batch describe it."""
+    return BatchJob(
+        state="ready" if batch.ended else "running",
+        provider=opened.provider,
+        spec_sha256=opened.spec_sha256,
+        round=len(opened.batches),
+        requests=opened.requests,
+        handle=handle,
+        batch=batch,
+    )
 
 
 async def _sandbox(spec: Spec, runtime: Runtime, caller: Caller) -> Sandbox | None:
@@ -129,12 +148,7 @@ async def _go_on(
         202: ResponseSpec(
             data_container=BatchJob, description="The first round, submitted", generate_examples=False
         ),
-        **problems(
-            {
-                502: "The provider refused or failed the batch",
-                503: "Evaluation asked for, sandbox unavailable",
-            }
-        ),
+        **JOB_PROBLEMS,
     },
 )
 async def submit(
@@ -168,16 +182,7 @@ async def status(
 ) -> BatchJob:
     opened = open_handle(handle, secret=runtime.batch_secret, caller=caller.name)
     provider = _provider(runtime, opened.provider)
-    batch = await provider.batch_status(opened.batches[-1])
-    return BatchJob(
-        state="ready" if batch.ended else "running",
-        provider=provider.name,
-        spec_sha256=opened.spec_sha256,
-        round=len(opened.batches),
-        requests=opened.requests,
-        handle=handle,
-        batch=batch,
-    )
+    return _current(opened, handle, await provider.batch_status(opened.batches[-1]))
 
 
 @post(
@@ -197,12 +202,7 @@ async def status(
         200: ResponseSpec(
             data_container=BatchJob, description="The next round, or the result", generate_examples=False
         ),
-        **problems(
-            {
-                502: "The provider refused or failed the batch",
-                503: "Evaluation asked for, sandbox unavailable",
-            }
-        ),
+        **JOB_PROBLEMS,
     },
 )
 async def go_on(
@@ -217,15 +217,7 @@ async def go_on(
     provider = _provider(runtime, opened.provider)
     batch = await provider.batch_status(opened.batches[-1])
     if not batch.ended:
-        return BatchJob(
-            state="running",
-            provider=provider.name,
-            spec_sha256=opened.spec_sha256,
-            round=len(opened.batches),
-            requests=opened.requests,
-            handle=handle,
-            batch=batch,
-        )
+        return _current(opened, handle, batch)
     results: dict[str, Completion | ProviderError] = {}
     for part in await asyncio.gather(*(provider.batch_results(b) for b in opened.batches)):
         results.update(part)
