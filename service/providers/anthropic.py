@@ -10,8 +10,8 @@ Message Batches take the same requests, with the same cache breakpoint, at half 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import anthropic
 from anthropic.types import Message
@@ -26,8 +26,6 @@ from service.wire.base import Usage
 from service.wire.batches import BatchCounts, ProviderBatch
 
 __all__ = ["AnthropicProvider"]
-
-T = TypeVar("T")
 
 
 class AnthropicProvider(SDKProvider):
@@ -116,10 +114,6 @@ class AnthropicProvider(SDKProvider):
         return await self._call(model, attempt)
 
     # -- Message Batches: requests with a custom_id each, a batch, a JSONL of results
-
-    async def _managed(self, send: Callable[[], Awaitable[T]]) -> T:
-        """A Message Batches API call, paced and retried in a lane of its own."""
-        return await self.lane("batches").call(send, self._classify)
 
     async def submit_batch(self, requests: Sequence[tuple[str, CompletionRequest]]) -> ProviderBatch:
         body: list[Any] = [{"custom_id": cid, "params": self._params(request)} for cid, request in requests]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar
+from collections.abc import Sequence
+from typing import Any, Final
 
 import openai
 import pydantic
@@ -26,8 +26,6 @@ from service.wire.base import Usage
 from service.wire.batches import BatchCounts, ProviderBatch
 
 __all__ = ["OpenAIProvider"]
-
-T = TypeVar("T")
 
 
 class OpenAIProvider(SDKProvider):
@@ -121,10 +119,6 @@ class OpenAIProvider(SDKProvider):
         return await self._call(model, attempt)
 
     # -- the Batch API: a JSONL file of chat completion requests, one batch, output and error files
-
-    async def _managed(self, send: Callable[[], Awaitable[T]]) -> T:
-        """A Files or Batches API call, paced and retried in a lane of its own."""
-        return await self.lane("batches").call(send, self._classify)
 
     async def submit_batch(self, requests: Sequence[tuple[str, CompletionRequest]]) -> ProviderBatch:
         lines = [
