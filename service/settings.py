@@ -209,6 +209,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise SettingsError(f"QASYNTH_SANDBOX must be bwrap or none, got {sandbox!r}")
         if _int(env, "QASYNTH_EVAL_QUEUE", defaults.eval_queue) < 0:
             raise SettingsError("QASYNTH_EVAL_QUEUE must not be negative")
+        if _int(env, "QASYNTH_BATCH_MAX_ROUNDS", defaults.batch_max_rounds) < 1:
+            raise SettingsError("QASYNTH_BATCH_MAX_ROUNDS must be at least 1")
         packages = tuple(
             p.strip() for p in env.get("QASYNTH_R_PACKAGES", "stats,utils").split(",") if p.strip()
         )
