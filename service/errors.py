@@ -5,6 +5,7 @@
     ├── ProviderError         a language-model provider could not give a usable answer
     │   ├── ProviderNotConfigured   the named provider has no credentials or runtime (400)
     │   ├── ProviderUnavailable     transport failures, 5xx and 429 after retries (502)
+    │   │   └── BatchRequestFailed  one request of a provider batch errored, expired or was cancelled
     │   └── ProviderRejected        the provider refused the request: bad key, unknown model (502)
     ├── LabelStudioFailed     a push to Label Studio was refused or could not connect (502)
     ├── SandboxUnavailable    the R sandbox cannot run at all (503)
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 
 __all__ = [
+    "BatchRequestFailed",
     "Forbidden",
     "InvalidInput",
     "LabelStudioFailed",
@@ -72,6 +74,17 @@ class ProviderNotConfigured(ProviderError):
 
 class ProviderUnavailable(ProviderError):
     title = "Model provider unavailable"
+
+
+class BatchRequestFailed(ProviderUnavailable):
+    """`reason` is the item's failure reason: `batch_errored`, `batch_expired`, `batch_canceled` or
+    `batch_rounds_exhausted`; one line of a batch failing fails only its item."""
+
+    title = "Model provider batch request failed"
+
+    def __init__(self, detail: str, *, provider: str, reason: str) -> None:
+        super().__init__(detail, provider=provider)
+        self.reason = reason
 
 
 class ProviderRejected(ProviderError):

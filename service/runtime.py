@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
 from service.errors import SandboxUnavailable
@@ -18,6 +19,8 @@ class Runtime:
     def __init__(self, *, settings: Settings, providers: ProviderRegistry, runner: Any = None) -> None:
         self.settings = settings
         self.providers = providers
+        # Signs batch handles; a random key when none is set lives as long as this process.
+        self.batch_secret = (settings.batch_secret or secrets.token_hex(32)).encode()
         self._runner = runner
         self._owns_runner = runner is None
         self._runner_error: str | None = None

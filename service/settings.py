@@ -156,6 +156,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     request_timeout_s: float = 300.0
     # Retries of a call whose reply was unusable (no question found, empty answer).
     content_retries: int = 2
+    # Batch jobs (/v1/batches): the key their handles are signed with (None: a random one per
+    # process, so handles do not outlive it nor pass between replicas), and the most rounds a job
+    # may take before its unmade items fail with `batch_rounds_exhausted`.
+    batch_secret: str | None = None
+    batch_max_rounds: int = 12
 
     openai_api_key: str | None = None
     openai_base_url: str | None = None
@@ -215,6 +220,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise SettingsError(f"QASYNTH_SANDBOX must be bwrap or none, got {sandbox!r}")
         if _int(env, "QASYNTH_EVAL_QUEUE", defaults.eval_queue) < 0:
             raise SettingsError("QASYNTH_EVAL_QUEUE must not be negative")
+        if _int(env, "QASYNTH_BATCH_MAX_ROUNDS", defaults.batch_max_rounds) < 1:
+            raise SettingsError("QASYNTH_BATCH_MAX_ROUNDS must be at least 1")
         packages = tuple(
             p.strip() for p in env.get("QASYNTH_R_PACKAGES", "stats,utils").split(",") if p.strip()
         )
@@ -231,6 +238,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             breaker_cooldown_s=_float(env, "QASYNTH_BREAKER_COOLDOWN_S", defaults.breaker_cooldown_s),
             request_timeout_s=_float(env, "QASYNTH_REQUEST_TIMEOUT_S", defaults.request_timeout_s),
             content_retries=_int(env, "QASYNTH_CONTENT_RETRIES", defaults.content_retries),
+            batch_secret=env.get("QASYNTH_BATCH_SECRET") or None,
+            batch_max_rounds=_int(env, "QASYNTH_BATCH_MAX_ROUNDS", defaults.batch_max_rounds),
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_model=env.get("QASYNTH_OPENAI_MODEL") or defaults.openai_model,

@@ -31,11 +31,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import msgspec
 
-from service.errors import ProviderError, ProviderRejected, SandboxUnavailable
+from service.errors import BatchRequestFailed, ProviderError, ProviderRejected, SandboxUnavailable
 from service.providers.base import Provider
 from service.stages.answers import generate_answer
 from service.stages.calls import Call, MalformedReply
@@ -91,6 +91,7 @@ from service.wire.generate import (
 __all__ = ["Decide", "History", "KeepOrDrop", "add_counts", "collect", "pair_id", "question_id", "run_job"]
 
 T = TypeVar("T")
+Via = Literal["api", "batch"]
 
 # Question lanes in flight at once for one cell: later calls see fewer earlier questions in their
 # avoid-list, so a few lanes trade a little variety for not serialising a large cell.
@@ -243,9 +244,11 @@ class _Run:
         emit: Callable[[Event], None],
         history: History | None = None,
         decide: Decide | None = None,
+        via: Via = "api",
     ) -> None:
         self.job = job
         self.history = history or History()
+        self.via: Via = via
         self.provider = provider
         self.sandbox = sandbox
         self.retries = retries
@@ -396,6 +399,7 @@ class _Run:
             latency_ms=round(call.latency_ms, 1),
             attempts=call.attempts,
             batch_size=batch_size,
+            via=self.via,
         )
 
     # -- questions
@@ -748,9 +752,13 @@ class _Run:
     def _provider_failed(
         self, c: _Cell, slot: Slot, exc: ProviderError, *, stage: str, question: str | None
     ) -> None:
-        reason: FailReason = (
-            "provider_rejected" if isinstance(exc, ProviderRejected) else "provider_unavailable"
-        )
+        reason: FailReason
+        if isinstance(exc, BatchRequestFailed):
+            reason = cast(FailReason, exc.reason)
+        elif isinstance(exc, ProviderRejected):
+            reason = "provider_rejected"
+        else:
+            reason = "provider_unavailable"
         self._settle(
             c, slot, self._failed(c, stage, reason, f"{exc.provider}: {exc.detail}", question=question)
         )
@@ -856,6 +864,7 @@ def run_job(
     retries: int = 2,
     history: History | None = None,
     decide: Decide | None = None,
+    via: Via = "api",
 ) -> AsyncIterator[Event]:
     """Events as items progress; the last is `Done`. Closing the iterator cancels the job.
 
@@ -863,11 +872,20 @@ def run_job(
     evaluation is off: then only the checks that need no R run. Not itself a generator:
     templates are loaded and checked here, at the call, so a bad override is a 400 before a
     streamed response has started. `history` continues an earlier run of the job (its cells are
-    then what is still missing); `decide` takes the dedup decisions from a shared owner.
+    then what is still missing); `decide` takes the dedup decisions from a shared owner. `via` is
+    recorded in every step's provenance: `batch` when the provider's replies come from its batch API
+    (`stages/batches.py`).
     """
     queue: asyncio.Queue[Any] = asyncio.Queue()
     run = _Run(
-        job, provider, evaluate, retries=retries, emit=queue.put_nowait, history=history, decide=decide
+        job,
+        provider,
+        evaluate,
+        retries=retries,
+        emit=queue.put_nowait,
+        history=history,
+        decide=decide,
+        via=via,
     )
     return _events(job, run, queue)
 

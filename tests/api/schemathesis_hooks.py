@@ -7,7 +7,8 @@ cells, few-shot examples and check policies name tasks and themes of its grid, a
 has a description, and a replacement template has its `=== user ===` line. A body generated as
 schema-valid is brought within these rules here, so that "valid data is accepted" tests the service
 rather than the generator; bodies generated as invalid are left as they are. /v1/generate also gets
-tiny counts and the configured fake provider, so the run stays quick.
+tiny counts and the configured fake provider, so the run stays quick; so do the batch routes, which
+take the same spec.
 """
 
 from __future__ import annotations
@@ -92,11 +93,15 @@ def _coherent_spec(spec: dict[str, Any]) -> None:
     model.pop("name", None)
 
 
+# The routes whose body is a spec.
+SPEC_PATHS = ("/v1/generate", "/v1/batches", "/v1/batches/{handle}")
+
+
 @schemathesis.hook
 def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     path = context.operation.path if context.operation is not None else ""
     if path == "/v1/dedup" and _valid(body, DedupRequest):
         _unique_ids(body.get("existing", []), body["items"])
-    elif path == "/v1/generate" and _valid(body, Spec):
+    elif path in SPEC_PATHS and _valid(body, Spec):
         _coherent_spec(body)
     return body

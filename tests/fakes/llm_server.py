@@ -7,7 +7,8 @@ bugs, answers with a runnable ```r block), chosen misbehaviours through `Scripte
 real APIs it stops at `max_tokens` (the text really cut there, with `finish_reason: "length"`
 / `stop_reason: "max_tokens"`). Faults in each vendor's own shape (`faults.py`) are queued
 with `fail_next` or added as standing rules with `faults.add`. It records every request, and
-the status it answered, so tests can check what reached the provider.
+the status it answered, so tests can check what reached the provider. The batch APIs of both
+vendors live in `batches.py`, mounted on the same server.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
+from tests.fakes.batches import FakeBatches
 from tests.fakes.faults import Fault, FaultInjector, error_response, success_headers
 
 __all__ = [
@@ -319,7 +321,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.request.close()
         self.close_connection = True
 
+    def do_GET(self) -> None:
+        if not self.server.owner.batches.route(self, "GET"):
+            self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
     def do_POST(self) -> None:
+        if self.server.owner.batches.route(self, "POST"):
+            return
         length = int(self.headers.get("Content-Length", "0"))
         body = json.loads(self.rfile.read(length) or b"{}")
         owner = self.server.owner
@@ -428,6 +436,8 @@ class FakeLLMServer:
         self.reply = reply
         self.calls: list[RecordedCall] = []
         self.faults = FaultInjector()
+        # The Files, Batch and Message Batches APIs (`batches.py`), answered by the routes below.
+        self.batches = FakeBatches(self)
         self._systems: set[str] = set()
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
