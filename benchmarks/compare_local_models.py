@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,7 +202,8 @@ async def bench_model(
     max_tokens: int,
     temperature: float,
 ) -> Row:
-    provider = LocalProvider(packaged=model, threads=threads)
+    # One question at a time: one slot is all this comparison uses.
+    provider = LocalProvider(packaged=model, slots=1, threads=threads)
     row = Row(model=model.model_id, size_mb=model.size / 1e6)
     try:
         jobs = {
@@ -274,38 +274,6 @@ def _settings(temperature: float, max_tokens: int) -> ModelSettings:
     return ModelSettings(provider="local", temperature=temperature, max_tokens=max_tokens)
 
 
-async def bench_job(model_id: str, *, threads: int, max_tokens: int, temperature: float, locale: str) -> None:
-    """A real 2 tasks x 2 themes x 1 job through POST /v1/generate, R evaluation on: the README's job."""
-    from litestar.testing import AsyncTestClient
-
-    from service.app import create_app
-    from service.settings import Settings
-
-    spec = {
-        "locale": locale,
-        "tasks": [{"id": "generate"}, {"id": "explain"}],
-        "themes": [{"id": "mean-variance"}, {"id": "hypothesis-tests"}],
-        "per_cell": 1,
-        "model": {"provider": "local", "temperature": temperature, "max_tokens": max_tokens},
-    }
-    app = create_app(Settings(local_model_path=model_id, local_threads=threads))
-    async with AsyncTestClient(app, timeout=1800) as client:
-        started = time.perf_counter()
-        response = await client.post("/v1/generate", json=spec)
-        wall_s = time.perf_counter() - started
-    body = response.json()
-    if response.status_code != 200:
-        raise SystemExit(f"POST /v1/generate answered {response.status_code}: {body}")
-    pairs = body["pairs"]
-    usage = body["usage"]
-    verdicts = [pair["evaluation"]["verdict"] if pair.get("evaluation") else "none" for pair in pairs]
-    print(
-        f"2x2x1 job, {model_id}, {locale}, threads={threads}, max_tokens={max_tokens}: {wall_s:.0f} s wall "
-        f"(model load included); {len(pairs)} pairs, verdicts {verdicts}, {len(body['dropped'])} dropped, "
-        f"{len(body['failed'])} failed; usage {usage}"
-    )
-
-
 async def rescore(path: Path, force_bwrap: bool) -> None:
     """Re-run the R of saved answers (same answers, same speeds) under the current checks."""
     runner = await _evaluator(force_bwrap)
@@ -360,22 +328,10 @@ async def main() -> None:
     )
     parser.add_argument("--bwrap", action="store_true", help="run R with bwrap + Rscript, not the evaluator")
     parser.add_argument("--json", type=Path, default=None, help="also write every answer and verdict here")
-    parser.add_argument("--job", action="store_true", help="time a real 2x2x1 job through POST /v1/generate")
-    parser.add_argument("--locale", default="en", choices=("en", "ja"), help="locale of the --job run")
     parser.add_argument("--rescore", type=Path, default=None, help="re-check the answers saved by --json")
     args = parser.parse_args()
     if args.rescore:
         await rescore(args.rescore, args.bwrap)
-        return
-    if args.job:
-        model_id = (args.models or [_gguf.DEFAULT_MODEL.model_id])[0]
-        await bench_job(
-            model_id,
-            threads=args.threads,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            locale=args.locale,
-        )
         return
 
     per_locale = max(1, args.questions // 2)

@@ -1,5 +1,5 @@
 """Command line: `python -m service [COMMAND]`, one of serve, demo, prepare-model, openapi, export,
-import-review, keygen, dedup, evaluate, report.
+import-review, keygen, generate, dedup, evaluate, report.
 
 `serve` (the default) runs the HTTP service. `demo` starts it on a free loopback
 port, sends a small spec and prints the pairs as they are produced, which is the
@@ -166,12 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("-o", "--output", default="openapi/openapi.json")
     schema.set_defaults(func=_openapi)
 
-    from service.commands import dedup, estimate, evaluate, export, import_review, keygen, report
+    from service.commands import dedup, estimate, evaluate, export, generate, import_review, keygen, report
 
     estimate.register(sub)
     export.register(sub)
     import_review.register(sub)
     keygen.register(sub)
+    generate.register(sub)
     dedup.register(sub)
     evaluate.register(sub)
     report.register(sub)

@@ -5,6 +5,7 @@
     ├── ProviderError         a language-model provider could not give a usable answer
     │   ├── ProviderNotConfigured   the named provider has no credentials or runtime (400)
     │   ├── ProviderUnavailable     transport failures, 5xx and 429 after retries (502)
+    │   │   └── BatchRequestFailed  one request of a provider batch errored, expired or was cancelled
     │   ├── ProviderRejected        the provider refused the request: bad key, unknown model (502)
     │   └── BudgetExhausted         the job's budget cannot pay for the next call (items fail with it)
     ├── LabelStudioFailed     a push to Label Studio was refused or could not connect (502)
@@ -23,6 +24,7 @@ from __future__ import annotations
 import math
 
 __all__ = [
+    "BatchRequestFailed",
     "BudgetExhausted",
     "Forbidden",
     "InvalidInput",
@@ -88,6 +90,17 @@ class BudgetExhausted(ProviderError):
 
 class ProviderUnavailable(ProviderError):
     title = "Model provider unavailable"
+
+
+class BatchRequestFailed(ProviderUnavailable):
+    """`reason` is the item's failure reason: `batch_errored`, `batch_expired`, `batch_canceled` or
+    `batch_rounds_exhausted`; one line of a batch failing fails only its item."""
+
+    title = "Model provider batch request failed"
+
+    def __init__(self, detail: str, *, provider: str, reason: str) -> None:
+        super().__init__(detail, provider=provider)
+        self.reason = reason
 
 
 class ProviderRejected(ProviderError):

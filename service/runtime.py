@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
 from service.errors import SandboxUnavailable
@@ -22,6 +23,8 @@ class Runtime:
         self.prices = PriceTable.load(settings.prices_file)
         # Derived once from settings and shipped files (never request data): /ready's cache notes.
         self.memo: dict[str, Any] = {}
+        # Signs batch handles; a random key when none is set lives as long as this process.
+        self.batch_secret = (settings.batch_secret or secrets.token_hex(32)).encode()
         self._runner = runner
         self._owns_runner = runner is None
         self._runner_error: str | None = None

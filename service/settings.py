@@ -31,6 +31,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _at_least(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    value = _int(env, name, default)
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -149,6 +156,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     request_timeout_s: float = 300.0
     # Retries of a call whose reply was unusable (no question found, empty answer).
     content_retries: int = 2
+    # Batch jobs (/v1/batches): the key their handles are signed with (None: a random one per
+    # process, so handles do not outlive it nor pass between replicas), and the most rounds a job
+    # may take before its unmade items fail with `batch_rounds_exhausted`.
+    batch_secret: str | None = None
+    batch_max_rounds: int = 12
 
     openai_api_key: str | None = None
     openai_base_url: str | None = None
@@ -163,8 +175,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     prices_file: str | None = None
 
     local_model_path: str | None = None
-    local_threads: int = 1
-    local_context: int = 8192
+    # Parallel decoding slots of the embedded model (continuous batching); also its calls in flight.
+    local_slots: int = 4
+    # llama.cpp threads; 0: one per core this process may use (affinity mask and cgroup quota).
+    local_threads: int = 0
+    # Context of each slot in tokens (llama.cpp's n_ctx is this times the slots): prompt + max_tokens.
+    local_context: int = 4096
 
     sandbox: Literal["bwrap", "none"] = "bwrap"
     eval_workers: int = 0  # 0: one per core
@@ -207,6 +223,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise SettingsError(f"QASYNTH_SANDBOX must be bwrap or none, got {sandbox!r}")
         if _int(env, "QASYNTH_EVAL_QUEUE", defaults.eval_queue) < 0:
             raise SettingsError("QASYNTH_EVAL_QUEUE must not be negative")
+        if _int(env, "QASYNTH_BATCH_MAX_ROUNDS", defaults.batch_max_rounds) < 1:
+            raise SettingsError("QASYNTH_BATCH_MAX_ROUNDS must be at least 1")
         packages = tuple(
             p.strip() for p in env.get("QASYNTH_R_PACKAGES", "stats,utils").split(",") if p.strip()
         )
@@ -223,6 +241,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             breaker_cooldown_s=_float(env, "QASYNTH_BREAKER_COOLDOWN_S", defaults.breaker_cooldown_s),
             request_timeout_s=_float(env, "QASYNTH_REQUEST_TIMEOUT_S", defaults.request_timeout_s),
             content_retries=_int(env, "QASYNTH_CONTENT_RETRIES", defaults.content_retries),
+            batch_secret=env.get("QASYNTH_BATCH_SECRET") or None,
+            batch_max_rounds=_int(env, "QASYNTH_BATCH_MAX_ROUNDS", defaults.batch_max_rounds),
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_model=env.get("QASYNTH_OPENAI_MODEL") or defaults.openai_model,
@@ -232,8 +252,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             prices_file=env.get("QASYNTH_PRICES_FILE") or None,
             default_provider=provider,  # type: ignore[arg-type]
             local_model_path=env.get("QASYNTH_LOCAL_MODEL") or None,
-            local_threads=_int(env, "QASYNTH_LOCAL_THREADS", defaults.local_threads),
-            local_context=_int(env, "QASYNTH_LOCAL_CONTEXT", defaults.local_context),
+            local_slots=_at_least(env, "QASYNTH_LOCAL_SLOTS", defaults.local_slots, 1),
+            local_threads=_at_least(env, "QASYNTH_LOCAL_THREADS", defaults.local_threads, 0),
+            local_context=_at_least(env, "QASYNTH_LOCAL_CONTEXT", defaults.local_context, 512),
             sandbox=sandbox,  # type: ignore[arg-type]
             eval_workers=_int(env, "QASYNTH_EVAL_WORKERS", defaults.eval_workers),
             eval_wall_s=_float(env, "QASYNTH_EVAL_WALL_S", defaults.eval_wall_s),

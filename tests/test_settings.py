@@ -157,3 +157,11 @@ def test_lane_settings_and_their_bounds() -> None:
     ):
         with pytest.raises(SettingsError, match=f"{name} must be at least"):
             Settings.from_env({name: value})
+
+
+def test_batch_settings() -> None:
+    s = Settings.from_env({"QASYNTH_BATCH_SECRET": "s3cret", "QASYNTH_BATCH_MAX_ROUNDS": "3"})
+    assert (s.batch_secret, s.batch_max_rounds) == ("s3cret", 3)
+    assert (Settings.from_env({}).batch_secret, Settings.from_env({}).batch_max_rounds) == (None, 12)
+    with pytest.raises(SettingsError, match="QASYNTH_BATCH_MAX_ROUNDS"):
+        Settings.from_env({"QASYNTH_BATCH_MAX_ROUNDS": "0"})

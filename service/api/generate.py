@@ -22,7 +22,7 @@ from service.stages.pipeline import collect, run_job
 from service.stages.spec import resolve_spec
 from service.wire.generate import Event, GenerateResponse, Spec
 
-__all__ = ["routes"]
+__all__ = ["raise_if_provider_failed_everything", "routes"]
 
 NDJSON = "application/x-ndjson"
 
@@ -33,7 +33,7 @@ async def _ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
         yield encoder.encode(event) + b"\n"
 
 
-def _raise_if_provider_failed_everything(response: GenerateResponse, provider: str) -> None:
+def raise_if_provider_failed_everything(response: GenerateResponse, provider: str) -> None:
     """A job whose every item failed at the provider is the provider's failure: 502, not an empty 200."""
     reasons = {item.reason for item in response.failed}
     if response.pairs or not reasons or not reasons <= {"provider_rejected", "provider_unavailable"}:
@@ -86,7 +86,7 @@ async def generate(
     if NDJSON in request.headers.get("accept", ""):
         return Stream(_ndjson(events), media_type=NDJSON)
     response = await until_disconnect(request, collect(events))
-    _raise_if_provider_failed_everything(response, provider.name)
+    raise_if_provider_failed_everything(response, provider.name)
     return Response(response)
 
 

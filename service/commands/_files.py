@@ -153,9 +153,10 @@ class Problems:
             self._file.close()
 
 
-def resume_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The results an earlier run wrote, in order. A last line cut off by a crash is removed from
-    the file, so appending continues cleanly; any other line that is not a JSON object is an error."""
+def resume_records(path: Path, kind: type | None = None) -> Iterator[Any]:
+    """The results an earlier run wrote, in order: JSON objects with an id, or records of the wire
+    type `kind`. A last line cut off by a crash is removed from the file, so appending continues
+    cleanly; any other line that is not such a result is an error."""
     if not path.exists():
         return
     with path.open("rb+") as fh:
@@ -165,10 +166,10 @@ def resume_records(path: Path) -> Iterator[dict[str, Any]]:
                 fh.truncate(data_end)
                 return
             try:
-                value = msgspec.json.decode(line)
-            except msgspec.DecodeError:
+                value = msgspec.json.decode(line) if kind is None else msgspec.json.decode(line, type=kind)
+            except (msgspec.DecodeError, msgspec.ValidationError):
                 value = None
-            if not isinstance(value, dict) or "id" not in value:
+            if value is None or (kind is None and (not isinstance(value, dict) or "id" not in value)):
                 raise JobError(f"{path}:{n} is not a result of this job; choose another -o or pass --restart")
             data_end += len(line)
             yield value
@@ -198,8 +199,11 @@ class Output:
 
 
 @contextlib.contextmanager
-def progress_bar(out: Console, path: Path, *, label: str, enabled: bool) -> Iterator[Callable[..., None]]:
-    """A rich progress bar over the input (bytes or rows); yields `update(advance=0, done=None)`."""
+def progress_bar(
+    out: Console, path: Path | None, *, label: str, enabled: bool, total: int | None = None
+) -> Iterator[Callable[..., None]]:
+    """A rich progress bar over the input (bytes or rows), or up to `total`; yields
+    `update(advance=0, done=None)`."""
     progress = Progress(
         TextColumn(f"{label} {{task.fields[done]:,}} done"),
         BarColumn(),
@@ -210,7 +214,7 @@ def progress_bar(out: Console, path: Path, *, label: str, enabled: bool) -> Iter
         disable=not enabled,
         transient=False,
     )
-    task = progress.add_task(label, total=input_size(path), done=0)
+    task = progress.add_task(label, total=input_size(path) if path is not None else total, done=0)
 
     def update(advance: int = 0, done: int | None = None) -> None:
         if done is None:
@@ -246,7 +250,7 @@ class Summary:
             Path(path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 
-def add_common_arguments(p: argparse.ArgumentParser, *, output_required: bool = True) -> None:
+def add_common_arguments(p: argparse.ArgumentParser, *, input_lines: bool = True) -> None:
     p.add_argument(
         "--ray",
         metavar="auto|local|ADDRESS",
@@ -254,7 +258,8 @@ def add_common_arguments(p: argparse.ArgumentParser, *, output_required: bool = 
         "starts one for the job, ADDRESS joins that cluster (needs pip install 'qasynth[ray]')",
     )
     p.add_argument("--restart", action="store_true", help="start over instead of continuing the output file")
-    p.add_argument("--errors", metavar="FILE", help="write every bad input line here as JSONL")
+    if input_lines:
+        p.add_argument("--errors", metavar="FILE", help="write every bad input line here as JSONL")
     p.add_argument("--summary", metavar="FILE", help="also write the end summary here as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from service.providers.base import Completion, classify_sdk_error
 from service.providers.limiter import Adaptive, BreakerPolicy, Failure, Lane, LaneState, RetryPolicy
 from service.settings import Settings
 
 __all__ = ["SDKProvider", "lane_policies"]
+
+T = TypeVar("T")
 
 
 def lane_policies(settings: Settings) -> tuple[Adaptive, RetryPolicy, BreakerPolicy]:
@@ -71,6 +73,10 @@ class SDKProvider:
 
     async def _call(self, model: str, attempt: Callable[[], Awaitable[Completion]]) -> Completion:
         return await self.lane(model).call(attempt, self._classify)
+
+    async def _managed(self, send: Callable[[], Awaitable[T]]) -> T:
+        """A call of the batch APIs (files, batches, results), paced and retried in a lane of its own."""
+        return await self.lane("batches").call(send, self._classify)
 
     def _classify(self, exc: Exception) -> Failure | None:
         return classify_sdk_error(exc, sdk=self._sdk, provider=self.name)

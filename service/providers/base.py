@@ -12,16 +12,19 @@ stage knows what usable means. A reply cut off at `max_tokens` says so in
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from service.errors import ProviderRejected, ProviderUnavailable
+from service.errors import ProviderError, ProviderRejected, ProviderUnavailable
 from service.providers.limiter import Failure, LaneState, parse_retry_after
 from service.wire.base import Usage
+from service.wire.batches import ProviderBatch
 
 __all__ = [
+    "Batching",
     "Completion",
     "CompletionRequest",
     "Laned",
@@ -80,6 +83,20 @@ class Laned(Protocol):
     """A provider that paces its calls in lanes (one per model) and can say how each lane is doing."""
 
     def lanes(self) -> list[LaneState]: ...
+
+
+@runtime_checkable
+class Batching(Protocol):
+    """A provider with a batch API: many calls handed over at once, answered within the vendor's
+    window (24 hours) at half the price. Each request carries a `custom_id` its result comes back
+    under; `batch_results` holds one entry for every request of an ended batch, a `Completion` or
+    the `ProviderError` (usually `BatchRequestFailed`) that request ended in."""
+
+    async def submit_batch(self, requests: Sequence[tuple[str, CompletionRequest]]) -> ProviderBatch: ...
+
+    async def batch_status(self, batch_id: str) -> ProviderBatch: ...
+
+    async def batch_results(self, batch_id: str) -> dict[str, Completion | ProviderError]: ...
 
 
 class UnreadableResponse(ProviderUnavailable):

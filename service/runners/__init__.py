@@ -1,9 +1,10 @@
 """Where a job's work runs: in this process, or spread over a Ray cluster, behind one interface.
 
     JobRunner                 dedup(items) -> decisions, evaluate(items) -> evaluations,
-                              both streamed in input order; close()
-    InProcessRunner           the single-machine greedy filter and one warm R pool
-    RayRunner                 blocks of the greedy filter as Ray tasks; one R-pool actor per node
+                              both streamed in input order; generate(job) -> events; close()
+    InProcessRunner           the single-machine greedy filter, one warm R pool, the pipeline
+    RayRunner                 blocks of the greedy filter as Ray tasks; one R-pool actor per node;
+                              cells on one generation actor per node, one dedup owner actor
     open_runner(ray=None)     the one a command asked for (`--ray auto|ADDRESS`)
 
 Commands choose a runner and stream files through it; the runner never reads or writes files.

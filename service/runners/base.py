@@ -10,7 +10,10 @@ import msgspec
 from service.errors import QasynthError
 from service.settings import Settings
 from service.stages.dedup import Decision
+from service.stages.pipeline import History
+from service.stages.spec import Job
 from service.wire.evaluate import Evaluation
+from service.wire.generate import Event
 
 __all__ = ["EvalItem", "JobRunner", "RunnerUnavailable", "open_runner"]
 
@@ -49,6 +52,11 @@ class JobRunner(Protocol):
 
     def evaluate(self, items: Iterable[EvalItem]) -> AsyncIterator[Evaluation]:
         """Each item run in the sandbox; evaluations come back in input order as they are ready."""
+        ...
+
+    def generate(self, job: Job, *, history: History | None = None) -> AsyncIterator[Event]:
+        """The job's cells through the pipeline: pair, dropped and failed events as they are ready
+        (in no set order), then one `Done` with the counts of the whole job."""
         ...
 
     def describe(self) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""In this process: the single-machine greedy filter and one warm R worker pool."""
+"""In this process: the single-machine greedy filter, one warm R worker pool, and generation with
+the service's own pipeline and provider lanes."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from typing import Any
 from service.runners.base import EvalItem
 from service.settings import Settings
 from service.stages.dedup import Decision, Deduplicator
-from service.stages.evaluate import evaluate_answer, evaluate_code
+from service.stages.evaluate import Sandbox, answer_evaluator, evaluate_answer, evaluate_code
+from service.stages.pipeline import History, run_job
+from service.stages.spec import Job
 from service.wire.evaluate import Evaluation
+from service.wire.generate import Event
 
-__all__ = ["InProcessRunner", "evaluate_item", "pool_runtime"]
+__all__ = ["InProcessRunner", "evaluate_item", "job_events", "pool_runtime"]
 
 
 def pool_runtime(settings: Settings) -> Any:
@@ -30,6 +34,29 @@ async def evaluate_item(runner: Any, item: EvalItem) -> Evaluation:
     if item.kind == "answer":
         return await evaluate_answer(runner, task=item.task, answer=item.text)
     return await evaluate_code(runner, task=item.task, code=item.text)
+
+
+async def job_events(
+    runtime: Any, job: Job, *, history: History | None = None, decide: Any = None
+) -> AsyncIterator[Event]:
+    """What /v1/generate runs for a job, on `runtime`'s providers and R pool."""
+    provider = runtime.providers.get(job.spec.model.provider)
+    evaluate: Sandbox | None = None
+    if job.spec.evaluation.enabled:
+        evaluate = answer_evaluator(await runtime.runner())
+    events = run_job(
+        job,
+        provider,
+        evaluate=evaluate,
+        retries=runtime.settings.content_retries,
+        history=history,
+        decide=decide,
+    )
+    try:
+        async for event in events:
+            yield event
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 class InProcessRunner:
@@ -71,6 +98,14 @@ class InProcessRunner:
         finally:
             for task in in_flight:
                 task.cancel()
+
+    async def generate(self, job: Job, *, history: History | None = None) -> AsyncIterator[Event]:
+        """The pipeline's events as they happen: pairs stream the moment they are ready."""
+        if self._runtime is None:
+            self._runtime = pool_runtime(self.settings)
+        self._describe = {"runner": self.name}
+        async for event in job_events(self._runtime, job, history=history):
+            yield event
 
     def describe(self) -> dict[str, str]:
         return dict(self._describe)

@@ -15,6 +15,10 @@ loses its slot. When a cell ends, what it still misses is failed with `cell_budg
 per cell `requested = returned + failed`, and every drop is listed besides.
 
 `run_job` yields events as they happen; `collect` folds them into the non-streaming response.
+A job may continue an earlier one (`History`: what it already returned, kept out of the new
+questions and answers, and counted towards its cells) and may take its keep-or-drop decisions
+from elsewhere (`decide`, a dedup owner shared by the workers of a cluster); `add_counts` sums
+the counts of jobs that together make one.
 """
 
 from __future__ import annotations
@@ -27,11 +31,18 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import msgspec
 
-from service.errors import BudgetExhausted, InvalidInput, ProviderError, ProviderRejected, SandboxUnavailable
+from service.errors import (
+    BatchRequestFailed,
+    BudgetExhausted,
+    InvalidInput,
+    ProviderError,
+    ProviderRejected,
+    SandboxUnavailable,
+)
 from service.pricing import cost_of, round_usd
 from service.providers.base import Provider
 from service.stages.answers import generate_answer
@@ -88,9 +99,10 @@ from service.wire.generate import (
 )
 from service.wire.pricing import ModelPrice
 
-__all__ = ["collect", "pair_id", "question_id", "run_job"]
+__all__ = ["Decide", "History", "KeepOrDrop", "add_counts", "collect", "pair_id", "question_id", "run_job"]
 
 T = TypeVar("T")
+Via = Literal["api", "batch"]
 
 # Question lanes in flight at once for one cell: later calls see fewer earlier questions in their
 # avoid-list, so a few lanes trade a little variety for not serialising a large cell.
@@ -110,23 +122,69 @@ def pair_id(task: str, theme: str, question: str, answer: str) -> str:
     return "p-" + _digest(task, theme, question, answer)
 
 
+@dataclass
+class History:
+    """What earlier runs of the same job returned: kept questions and answers (id, text), which the
+    filters keep after `dedup.existing` and before anything new, and each cell's questions, which
+    its prompts avoid and its diversity counts."""
+
+    questions: list[tuple[str, str]] = field(default_factory=list)
+    answers: list[tuple[str, str]] = field(default_factory=list)
+    by_cell: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def keep(self, record: Pair | ItemDropped) -> None:
+        """Add what a record's filters kept: a question that reached its answer (returned, or
+        dropped at the answer or the evaluation), an answer that reached the evaluation."""
+        if isinstance(record, Pair):
+            self.questions.append((question_id(record.task, record.theme, record.question), record.question))
+            self.answers.append((record.id, record.answer))
+            self.by_cell.setdefault((record.task, record.theme), []).append(record.question)
+            return
+        if record.stage in ("answer", "evaluation") and record.question:
+            self.questions.append((question_id(record.task, record.theme, record.question), record.question))
+        if record.stage == "evaluation":
+            self.answers.append((record.id, record.text))
+
+
+class KeepOrDrop(Protocol):
+    """One greedy filter's decisions: kept, and if not, the nearest kept id and its score."""
+
+    async def offer(self, item_id: str, text: str) -> tuple[bool, str | None, float | None]: ...
+
+
+Decide = Callable[[Literal["question", "answer"]], KeepOrDrop]
+"""The filter for questions or answers, when another owner holds the kept set (a cluster's)."""
+
+
 class _Filter:
     """A Deduplicator behind its own single thread: CPU work leaves the event loop, and the
     one thread keeps offers in arrival order, which is the greedy filter's order. It also
-    scores a text against the few-shot questions, which are never kept in the filter."""
+    scores a text against the few-shot questions, which are never kept in the filter.
+    With `owner`, the keep-or-drop decisions are that owner's; it holds the history itself."""
 
-    def __init__(self, job: Job, *, enabled: bool, examples: list[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        job: Job,
+        *,
+        enabled: bool,
+        examples: list[tuple[str, str]] | None = None,
+        history: list[tuple[str, str]] | None = None,
+        owner: KeepOrDrop | None = None,
+    ) -> None:
         self.enabled = enabled
         self.threshold = job.spec.dedup.threshold
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup")
         self._dedup = Deduplicator(threshold=job.spec.dedup.threshold, tokenizer=job.spec.dedup.tokenizer)
         self._seeded = False
-        self._existing = [(item.id, item.text) for item in job.spec.dedup.existing]
+        self._existing = [(item.id, item.text) for item in job.spec.dedup.existing] + list(history or [])
         self._examples = list(examples or [])
+        self._owner = owner
 
     async def offer(self, item_id: str, text: str) -> tuple[bool, str | None, float | None]:
         if not self.enabled:
             return True, None, None
+        if self._owner is not None:
+            return await self._owner.offer(item_id, text)
         loop = asyncio.get_running_loop()
         if not self._seeded:
             self._seeded = True
@@ -195,10 +253,15 @@ class _Run:
         *,
         retries: int,
         emit: Callable[[Event], None],
+        history: History | None = None,
+        decide: Decide | None = None,
+        via: Via = "api",
         price: ModelPrice | None = None,
         price_taken: str | None = None,
     ) -> None:
         self.job = job
+        self.history = history or History()
+        self.via: Via = via
         self.price = price
         self.price_taken = price_taken
         self.provider = provider
@@ -216,8 +279,19 @@ class _Run:
         self.exhausted: BudgetExhausted | None = None
         self.budget: JobBudget | None = None
         examples = [(f"few-shot:{i}", e.question) for i, e in enumerate(job.few_shot)]
-        self.q_filter = _Filter(job, enabled=job.spec.dedup.questions, examples=examples)
-        self.a_filter = _Filter(job, enabled=job.spec.dedup.answers)
+        self.q_filter = _Filter(
+            job,
+            enabled=job.spec.dedup.questions,
+            examples=examples,
+            history=self.history.questions,
+            owner=decide("question") if decide else None,
+        )
+        self.a_filter = _Filter(
+            job,
+            enabled=job.spec.dedup.answers,
+            history=self.history.answers,
+            owner=decide("answer") if decide else None,
+        )
         self.tg: asyncio.TaskGroup | None = None
 
     @property
@@ -251,6 +325,10 @@ class _Run:
         self.ledgers.append(ledger)
         policy = policy_for(task.id, task.kind, self.job.spec.evaluation.policy)
         c = _Cell(cell=cell, task=task, theme=theme, policy=policy, ledger=ledger)
+        earlier = self.history.by_cell.get((cell.task, cell.theme), [])
+        c.asked += earlier
+        c.kept_questions += earlier
+        c.returned_questions += earlier
         if self.stopped is not None:
             ledger.stop()
         self.emit(CellStarted(task=cell.task, theme=cell.theme, count=cell.count))
@@ -263,7 +341,7 @@ class _Run:
             diversity, c.returned_questions, tokenizer=self.job.spec.dedup.tokenizer
         )
         count = ledger.finish(variety)
-        cost = cost_of(ledger.usage, self.price)
+        cost = cost_of(ledger.usage, self.price, batch=self.via == "batch")
         self.cells[(cell.task, cell.theme)] = msgspec.structs.replace(
             count,
             usage=ledger.usage,
@@ -371,7 +449,9 @@ class _Run:
             latency_ms=round(call.latency_ms, 1),
             attempts=call.attempts,
             batch_size=batch_size,
-            cost_usd=cost_of(call.usage, self.price),
+            via=self.via,
+            # Both vendors bill their batch APIs at half the price of a direct call.
+            cost_usd=cost_of(call.usage, self.price, batch=self.via == "batch"),
         )
 
     # -- questions
@@ -734,13 +814,15 @@ class _Run:
     def _provider_failed(
         self, c: _Cell, slot: Slot, exc: ProviderError, *, stage: str, question: str | None
     ) -> None:
-        reason: FailReason = (
-            "budget_exhausted"
-            if isinstance(exc, BudgetExhausted)
-            else "provider_rejected"
-            if isinstance(exc, ProviderRejected)
-            else "provider_unavailable"
-        )
+        reason: FailReason
+        if isinstance(exc, BudgetExhausted):
+            reason = "budget_exhausted"
+        elif isinstance(exc, BatchRequestFailed):
+            reason = cast(FailReason, exc.reason)
+        elif isinstance(exc, ProviderRejected):
+            reason = "provider_rejected"
+        else:
+            reason = "provider_unavailable"
         self._settle(
             c, slot, self._failed(c, stage, reason, f"{exc.provider}: {exc.detail}", question=question)
         )
@@ -771,34 +853,96 @@ class _Run:
             c.ledger.failed(slot)
 
     def totals(self) -> Counts:
-        cells = list(self.cells.values())
-        checks: Counter[tuple[str, bool]] = Counter()
-        for cell in cells:
-            for name, count in cell.checks.items():
-                checks[(name, True)] += count.passed
-                checks[(name, False)] += count.failed
-        names = sorted({n for n, _ in checks})
-        cost = cost_of(self.usage, self.price)
+        counts = _with_cells(self.counts, list(self.cells.values()))
+        cost = cost_of(self.usage, self.price, batch=self.via == "batch")
         return msgspec.structs.replace(
-            self.counts,
+            counts,
             cost_usd=cost,
-            cost_per_returned_pair_usd=_per_pair(cost, self.counts.returned),
+            cost_per_returned_pair_usd=_per_pair(cost, counts.returned),
             price_taken=self.price_taken if self.price is not None else None,
             budget_exhausted=self.exhausted is not None,
-            calls=sum(x.calls for x in cells),
-            top_up_calls=sum(x.top_up_calls for x in cells),
-            repaired=sum(x.repaired for x in cells),
-            repair_calls=sum(x.repair_calls for x in cells),
-            checks={
-                n: CheckCount(
-                    passed=checks[(n, True)],
-                    failed=checks[(n, False)],
-                    pass_rate=round(checks[(n, True)] / (checks[(n, True)] + checks[(n, False)]), 4),
-                )
-                for n in names
-            },
-            cells=cells,
         )
+
+
+def _check_counts(parts: list[dict[Any, CheckCount]]) -> dict[Any, CheckCount]:
+    checks: Counter[tuple[str, bool]] = Counter()
+    for part in parts:
+        for name, count in part.items():
+            checks[(name, True)] += count.passed
+            checks[(name, False)] += count.failed
+    return {
+        n: CheckCount(
+            passed=checks[(n, True)],
+            failed=checks[(n, False)],
+            pass_rate=round(checks[(n, True)] / (checks[(n, True)] + checks[(n, False)]), 4),
+        )
+        for n in sorted({n for n, _ in checks})
+    }
+
+
+def _with_cells(counts: Counts, cells: list[CellCount]) -> Counts:
+    """The job's totals: its stage counts, and what its cells' ledgers sum to."""
+    return msgspec.structs.replace(
+        counts,
+        calls=sum(x.calls for x in cells),
+        top_up_calls=sum(x.top_up_calls for x in cells),
+        repaired=sum(x.repaired for x in cells),
+        repair_calls=sum(x.repair_calls for x in cells),
+        checks=_check_counts([x.checks for x in cells]),
+        cells=cells,
+    )
+
+
+_CELL_SUMS = (
+    "requested", "returned", "dropped", "failed", "flagged", "calls", "budget", "top_up_calls",
+    "repaired", "repair_calls",
+)  # fmt: skip
+_STAGE_SUMS = (
+    "requested", "questions_generated", "questions_dropped", "answers_generated", "answers_dropped",
+    "evaluation_dropped", "flagged", "failed", "returned",
+)  # fmt: skip
+
+
+def add_counts(parts: list[Counts]) -> Counts:
+    """The counts of one job run in parts (cells spread over workers, or a job continued after an
+    interruption): a cell that appears in several parts is summed, and keeps the diversity of its
+    last part, which saw all of its questions."""
+    cells: dict[tuple[str, str], CellCount] = {}
+    for part in parts:
+        for cell in part.cells:
+            key = (cell.task, cell.theme)
+            if key not in cells:
+                cells[key] = cell
+                continue
+            old = cells[key]
+            cells[key] = msgspec.structs.replace(
+                old,
+                **{f: getattr(old, f) + getattr(cell, f) for f in _CELL_SUMS},  # type: ignore[arg-type]
+                checks=_check_counts([old.checks, cell.checks]),
+                diversity=cell.diversity if cell.diversity is not None else old.diversity,
+                usage=old.usage + cell.usage,
+                cost_usd=_sum_cost(old.cost_usd, cell.cost_usd),
+            )
+    stages = Counts(**{f: sum(getattr(p, f) for p in parts) for f in _STAGE_SUMS})  # type: ignore[arg-type]
+    merged = [
+        msgspec.structs.replace(c, cost_per_returned_pair_usd=_per_pair(c.cost_usd, c.returned))
+        for c in cells.values()
+    ]
+    counts = _with_cells(stages, merged)
+    cost: float | None = None
+    for part in parts:
+        cost = part.cost_usd if cost is None else _sum_cost(cost, part.cost_usd)
+    return msgspec.structs.replace(
+        counts,
+        cost_usd=cost,
+        cost_per_returned_pair_usd=_per_pair(cost, counts.returned),
+        price_taken=next((p.price_taken for p in parts if p.price_taken), None),
+        budget_exhausted=any(p.budget_exhausted for p in parts),
+    )
+
+
+def _sum_cost(a: float | None, b: float | None) -> float | None:
+    return round_usd(a + b) if a is not None and b is not None else None
 
 
 def _per_pair(cost: float | None, returned: int) -> float | None:
@@ -822,6 +966,9 @@ def run_job(
     *,
     evaluate: Sandbox | None,
     retries: int = 2,
+    history: History | None = None,
+    decide: Decide | None = None,
+    via: Via = "api",
     price: ModelPrice | None = None,
     price_taken: str | None = None,
 ) -> AsyncIterator[Event]:
@@ -831,7 +978,10 @@ def run_job(
     `evaluate` is the sandbox (`stages.evaluate.answer_evaluator(runner)`), or None when
     evaluation is off: then only the checks that need no R run. Not itself a generator:
     templates are loaded and checked here, at the call, so a bad override is a 400 before a
-    streamed response has started.
+    streamed response has started. `history` continues an earlier run of the job (its cells are
+    then what is still missing); `decide` takes the dedup decisions from a shared owner. `via` is
+    recorded in every step's provenance: `batch` when the provider's replies come from its batch API
+    (`stages/batches.py`).
     """
     budget = None
     limits = job.spec.budget
@@ -848,7 +998,16 @@ def run_job(
         provider = BudgetedProvider(provider, budget)
     queue: asyncio.Queue[Any] = asyncio.Queue()
     run = _Run(
-        job, provider, evaluate, retries=retries, emit=queue.put_nowait, price=price, price_taken=price_taken
+        job,
+        provider,
+        evaluate,
+        retries=retries,
+        emit=queue.put_nowait,
+        history=history,
+        decide=decide,
+        via=via,
+        price=price,
+        price_taken=price_taken,
     )
     run.budget = budget
     return _events(job, run, queue)

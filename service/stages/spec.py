@@ -178,17 +178,18 @@ def _resolve_cells(
     return list(spec.cells)
 
 
-def resolve_spec(spec: Spec) -> Job:
-    """Validate and complete a spec; raises `InvalidInput` naming the offending field."""
+def resolve_spec(spec: Spec, *, max_total: int | None = MAX_TOTAL_COUNT) -> Job:
+    """Validate and complete a spec; raises `InvalidInput` naming the offending field. One request
+    holds at most `max_total` pairs; a job from the command line has no such cap (None)."""
     defaults = locale_defaults(spec.locale)
     tasks = _resolve_tasks(spec, defaults)
     themes = _resolve_themes(spec, defaults)
     cells = _resolve_cells(spec, tasks, themes)
     _check_policy(spec, tasks)
     total = sum(c.count for c in cells)
-    if total > MAX_TOTAL_COUNT:
+    if max_total is not None and total > max_total:
         raise InvalidInput(
-            f"the spec asks for {total} pairs; one request may ask for at most {MAX_TOTAL_COUNT}",
+            f"the spec asks for {total} pairs; one request may ask for at most {max_total}",
             field="cells" if spec.cells is not None else "per_cell",
         )
     if spec.few_shot:

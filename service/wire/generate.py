@@ -85,9 +85,14 @@ FailReason = Literal[
     "truncated",
     "budget_exhausted",
     "cell_budget_exhausted",
+    "batch_errored",
+    "batch_expired",
+    "batch_canceled",
+    "batch_rounds_exhausted",
 ]
 """Why a requested item is missing: the provider refused the request (bad key, unknown model) or kept
-failing after retries, the R sandbox could not run, a reply could not be used, a job-wide budget ran out,
+failing after retries, its line of a provider batch errored, expired or was cancelled (or the batch job
+reached its round limit), the R sandbox could not run, a reply could not be used, a job-wide budget ran out,
 or the cell spent its call budget (`budget.calls_per_cell`) before it held its count."""
 
 DropStage = Literal["snippet", "bug", "question", "answer", "evaluation"]
@@ -212,6 +217,9 @@ class StepProvenance(Base):
     batch_size: int = 1
     # What `usage` cost in US dollars at the job's price; null when the model has no price.
     cost_usd: float | None = None
+    # `batch`: made through the provider's batch API (POST /v1/batches), which both vendors bill at
+    # half the price of a direct (`api`) call; latency is then unknown (0).
+    via: Literal["api", "batch"] = "api"
 
 
 class BugProvenance(Base):

@@ -8,9 +8,9 @@ that is not built in has a description, a replacement template has its `=== user
 budget in dollars has a price for its model (the configured fake model has none, so such a spec
 carries `pricing`). A body generated as
 schema-valid is brought within these rules here, so that "valid data is accepted" tests the service
-rather than the generator; bodies generated as invalid are left as they are. /v1/estimate takes the
-spec of /v1/generate and gets the same treatment. /v1/generate also gets
-tiny counts and the configured fake provider, so the run stays quick.
+rather than the generator; bodies generated as invalid are left as they are. /v1/generate also gets
+tiny counts and the configured fake provider, so the run stays quick; so do /v1/estimate and the batch
+routes, which take the same spec.
 """
 
 from __future__ import annotations
@@ -97,11 +97,15 @@ def _coherent_spec(spec: dict[str, Any]) -> None:
         spec["pricing"] = {"input": 1.0, "output": 2.0}
 
 
+# The routes whose body is a spec.
+SPEC_PATHS = ("/v1/generate", "/v1/estimate", "/v1/batches", "/v1/batches/{handle}")
+
+
 @schemathesis.hook
 def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     path = context.operation.path if context.operation is not None else ""
     if path == "/v1/dedup" and _valid(body, DedupRequest):
         _unique_ids(body.get("existing", []), body["items"])
-    elif path in ("/v1/generate", "/v1/estimate") and _valid(body, Spec):
+    elif path in SPEC_PATHS and _valid(body, Spec):
         _coherent_spec(body)
     return body

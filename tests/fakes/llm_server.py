@@ -9,7 +9,8 @@ real APIs it stops at `max_tokens` (the text really cut there, with `finish_reas
 (`PromptCache`), counting tokens with a real tokenizer (o200k_base), so tests can assert exact
 numbers. Faults in each vendor's own shape (`faults.py`) are queued
 with `fail_next` or added as standing rules with `faults.add`. It records every request, and
-the status it answered, so tests can check what reached the provider.
+the status it answered, so tests can check what reached the provider. The batch APIs of both
+vendors live in `batches.py`, mounted on the same server.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 import bpe_openai
 
+from tests.fakes.batches import FakeBatches
 from tests.fakes.faults import Fault, FaultInjector, error_response, success_headers
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "bug_that_does_not_bite",
     "copy_of",
     "default_reply",
+    "deterministic_reply",
     "openai_prompt",
     "step_of",
     "tokens_of",
@@ -220,6 +223,17 @@ def default_reply(system: str, user: str) -> str:
     return _DEFAULTS[step_of(system, user)](system, user)
 
 
+def deterministic_reply(system: str, user: str) -> str:
+    """As `default_reply`, but the same prompt always gets the same reply (questions and scripts
+    too), so two runs that send the same prompts get the same pairs."""
+    step = step_of(system, user)
+    if step == "questions":
+        return _questions(system, user, fixed=True)
+    if step == "snippet":
+        return _snippet(system, user, fixed=True)
+    return _DEFAULTS[step](system, user)
+
+
 # ---- Scripted replies for the pipeline's steps ---------------------------------------------------
 # Each step of the pipeline is recognised by its prompt (`step_of`) and gets a usable reply by
 # default: questions under `### Qn` headings; for explain/fix, a runnable script, a bug that makes it
@@ -260,10 +274,10 @@ def _code_in(text: str) -> str:
     return m.group(1) if m else ""
 
 
-def _questions(system: str, user: str) -> str:
+def _questions(system: str, user: str, *, fixed: bool = False) -> str:
     m = re.search(r"Write (\d+) new", user) or re.search(r"新しい問題を (\d+) 個", user)
     count = int(m.group(1)) if m else 1
-    rng = _rng(user, str(time.perf_counter_ns()))
+    rng = _rng(user) if fixed else _rng(user, str(time.perf_counter_ns()))
     japanese = _japanese(user)
     joiner = "" if japanese else " "
     blocks = []
@@ -273,9 +287,9 @@ def _questions(system: str, user: str) -> str:
     return "\n\n".join(blocks)
 
 
-def _snippet(system: str, user: str) -> str:
+def _snippet(system: str, user: str, *, fixed: bool = False) -> str:
     """A runnable script: random names, numbers and a comment, so scripts of a cell differ."""
-    rng = _rng(user, str(time.perf_counter_ns()))
+    rng = _rng(user) if fixed else _rng(user, str(time.perf_counter_ns()))
     n, mean, sd = rng.randint(6, 30), rng.randint(10, 90), rng.randint(1, 9)
     name = rng.choice(["scores", "weights", "times", "doses", "yields", "heights", "counts", "ranks"])
     name += "_" + rng.choice(WORDS)
@@ -442,7 +456,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.request.close()
         self.close_connection = True
 
+    def do_GET(self) -> None:
+        if not self.server.owner.batches.route(self, "GET"):
+            self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
     def do_POST(self) -> None:
+        if self.server.owner.batches.route(self, "POST"):
+            return
         length = int(self.headers.get("Content-Length", "0"))
         body = json.loads(self.rfile.read(length) or b"{}")
         owner = self.server.owner
@@ -563,6 +583,8 @@ class FakeLLMServer:
         self.calls: list[RecordedCall] = []
         self.faults = FaultInjector()
         self.cache = PromptCache()
+        # The Files, Batch and Message Batches APIs (`batches.py`), answered by the routes below.
+        self.batches = FakeBatches(self)
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self

@@ -1,5 +1,6 @@
-"""The runners on a real local Ray cluster (2 CPUs): exact distributed dedup, and an evaluation that
-survives its actor being killed."""
+"""The runners on a real local Ray cluster (2 CPUs): exact distributed dedup, an evaluation that
+survives its actor being killed, and generation with the accounting and pairs of /v1/generate that
+survives its worker or its dedup owner being killed."""
 
 from __future__ import annotations
 
@@ -13,11 +14,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from litestar.testing import AsyncTestClient
 
+from service.app import create_app
+from service.providers.registry import ProviderRegistry
 from service.runners import EvalItem, InProcessRunner
 from service.settings import Settings
 from service.stages.dedup import deduplicate
+from service.stages.pipeline import collect, run_job
+from service.stages.spec import resolve_spec
+from service.wire.generate import Done, PairReady, Spec
+from tests.commands.test_cli_generate import env_for, first_two_alike
+from tests.conftest import settings_for
+from tests.fakes.llm_server import FakeLLMServer
 
 ray = pytest.importorskip("ray")
 from service.runners.cluster import RayRunner  # noqa: E402
@@ -118,3 +129,118 @@ def test_the_command_joins_a_running_cluster_by_address(cluster: str, tmp_path: 
         assert "3,000 items" in done.stderr
     assert "(ray)" in done.stderr
     assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+
+
+# -- generation
+
+
+def generate_spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "tasks": [{"id": "generate"}],
+        "themes": [{"id": t} for t in ("mean-variance", "regression", "summaries", "distributions")],
+        "per_cell": 3,
+        "model": {"provider": "openai", "questions_per_call": 3},
+        "evaluation": {"enabled": False},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def cell_key(cell: dict[str, Any]) -> tuple[Any, ...]:
+    fields = (
+        "task",
+        "theme",
+        "requested",
+        "returned",
+        "dropped",
+        "failed",
+        "flagged",
+        "calls",
+        "top_up_calls",
+    )
+    return tuple(cell[f] for f in fields)
+
+
+@pytest.mark.sandbox
+async def test_generation_on_ray_gives_the_accounting_and_pairs_of_the_api(
+    cluster: str, tmp_path: Path
+) -> None:
+    spec = generate_spec(evaluation={"enabled": True, "on_failure": "flag"})
+    (tmp_path / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    out = tmp_path / "pairs.jsonl"
+    with FakeLLMServer(reply=first_two_alike) as server:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "service", "generate", str(tmp_path / "spec.json"), "-o", str(out),
+             "--ray", cluster, "--summary", str(tmp_path / "s.json")],
+            env=env_for(server), capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        async with AsyncTestClient(create_app(settings_for(server))) as client:
+            r = await client.post("/v1/generate", json=spec)
+        assert r.status_code == 200, r.text
+    api, summary = r.json(), json.loads((tmp_path / "s.json").read_text())
+    assert "(ray)" in done.stderr and summary["runner"]["runner"] == "ray"
+    assert [cell_key(c) for c in summary["counts"]["cells"]] == [cell_key(c) for c in api["counts"]["cells"]]
+    assert all(c["returned"] == 3 and c["dropped"] == 1 for c in api["counts"]["cells"])
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    by_id = {p["id"]: p for p in api["pairs"]}
+    assert sorted(by_id) == sorted(p["id"] for p in pairs)
+    # Evaluated on the worker's node, with the verdicts and checks the API gave.
+    for pair in pairs:
+        assert pair["evaluation"]["verdict"] == by_id[pair["id"]]["evaluation"]["verdict"] == "passed"
+        assert pair["quality"] == by_id[pair["id"]]["quality"]
+    dropped = [json.loads(line) for line in (tmp_path / "pairs.dropped.jsonl").read_text().splitlines()]
+    key = ("task", "theme", "reason", "id", "nearest_id")
+    assert sorted(tuple(d[k] for k in key) for d in dropped) == sorted(
+        tuple(d[k] for k in key) for d in api["dropped"]
+    )
+
+
+async def actor_pid(handle: Any) -> int:
+    return int(await handle.pid.remote())
+
+
+@pytest.mark.parametrize("victim", ["worker", "owner"])
+async def test_generation_survives_an_actor_being_killed(cluster: str, victim: str) -> None:
+    themes = [{"id": f"t{i}", "description": f"statistics topic number {i}"} for i in range(12)]
+    job = resolve_spec(msgspec.convert(generate_spec(themes=themes), Spec))
+    with FakeLLMServer(reply=first_two_alike, latency_s=0.2) as server:
+        settings = settings_for(server, sandbox="none")
+        runner = RayRunner.connect(settings)
+        pairs, done, killed, now = [], None, 0, 0
+        try:
+            async for event in runner.generate(job):
+                if isinstance(event, PairReady):
+                    pairs.append(event.pair)
+                    if len(pairs) == 3:  # one cell done, the others in flight
+                        target = runner.generators[0] if victim == "worker" else runner.owner
+                        killed = await actor_pid(target)
+                        os.kill(killed, signal.SIGKILL)
+                elif isinstance(event, Done):
+                    done = event
+            now = await actor_pid(runner.generators[0] if victim == "worker" else runner.owner)
+            owner = await runner.owner.stats.remote()
+            restarts = runner.owner_restarts
+        finally:
+            await runner.aclose()
+        providers = ProviderRegistry(settings)
+        try:
+            local = await collect(run_job(job, providers.get("openai"), evaluate=None))
+        finally:
+            await providers.aclose()
+    assert killed and now != killed  # the actor really died, and another does its work
+    if victim == "worker":
+        assert owner["repeated"] > 0  # the retried cells asked again and got the earlier answers
+        assert restarts == 0
+    else:
+        assert restarts == 1
+    assert done is not None
+    ids = [p.id for p in pairs]
+    assert len(ids) == len(set(ids)) == 36  # nothing lost, nothing twice
+    for cell in done.counts.cells:
+        assert cell.requested == 3 == cell.returned + cell.failed and cell.failed == 0
+    # The same pairs and drops as one process makes of the job (the fake answers a prompt the same way).
+    assert sorted(ids) == sorted(p.id for p in local.pairs)
+    assert done.counts.returned == local.counts.returned == 36
+    assert sum(c.dropped for c in done.counts.cells) == sum(c.dropped for c in local.counts.cells) == 12
