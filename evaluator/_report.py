@@ -79,7 +79,8 @@ class ReportEntry(msgspec.Struct, frozen=True, kw_only=True):
 
     `checks`, when given, are the task-aware checks of the pair: a failed blocking one flags it.
     `repaired` (the answer was rewritten from evidence and now passes) and `top_up` (it replaced a
-    dropped item) come from the pair's provenance.
+    dropped item) come from the pair's provenance, as does `cost_usd` (what its model calls cost;
+    None when not known).
     """
 
     id: str
@@ -93,6 +94,7 @@ class ReportEntry(msgspec.Struct, frozen=True, kw_only=True):
     checks: tuple[QualityMark, ...] = ()
     repaired: bool = False
     top_up: bool = False
+    cost_usd: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -116,6 +118,17 @@ class ReportGroup(msgspec.Struct, frozen=True, kw_only=True):
     repaired: int = 0
     top_up: int = 0
     diversity: float | None = None
+    cost_usd: float | None = None
+    cost_per_pair_usd: float | None = None
+
+
+def _cost(members: list[ReportEntry]) -> tuple[float | None, float | None]:
+    """The entries' summed cost and the cost per entry; None unless every entry's cost is known."""
+    costs = [m.cost_usd for m in members]
+    if not costs or None in costs:
+        return None, None
+    total = sum(c for c in costs if c is not None)
+    return round(total, 6), round(total / len(costs), 6)
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +146,8 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     expected_agree: int = 0
     disagreements: list[str] = []
     """Ids of entries whose verdict is not the expected one."""
+    cost_usd: float | None = None
+    cost_per_pair_usd: float | None = None
 
     @property
     def pass_rate(self) -> float:
@@ -159,6 +174,7 @@ def build_report(
     disagree = [e.id for e in labelled if e.expected != e.verdict]
     rank = {v: i for i, v in enumerate(VERDICT_ORDER)}
     ordered = sorted(items, key=lambda e: (not e.flagged, rank.get(e.verdict, 99), e.id))
+    cost, per_pair = _cost(items)
     return Report(
         title=title,
         generated_at=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
@@ -179,6 +195,8 @@ def build_report(
                 repaired=sum(m.repaired for m in members),
                 top_up=sum(m.top_up for m in members),
                 diversity=(diversity or {}).get((task, theme)),
+                cost_usd=_cost(members)[0],
+                cost_per_pair_usd=_cost(members)[1],
             )
             for (task, theme), members in sorted(groups.items())
         ],
@@ -187,6 +205,8 @@ def build_report(
         expected_total=len(labelled),
         expected_agree=len(labelled) - len(disagree),
         disagreements=disagree,
+        cost_usd=cost,
+        cost_per_pair_usd=per_pair,
     )
 
 
@@ -338,6 +358,8 @@ def render_html(report: Report) -> str:
         (report.flagged, "flagged"),
         (f"{report.pass_rate:.0%}" if evaluated else "–", "pass rate of the evaluated"),
     ]
+    if report.cost_per_pair_usd is not None:
+        cards.append((f"${report.cost_per_pair_usd:.4f}", f"a pair (${report.cost_usd:.2f} in all)"))
     bar = "".join(
         f'<i style="width:{100 * n / report.total:.3f}%;background:{COLOURS.get(v, "#555")}" title="{_e(v)}: {n}"></i>'
         for v, n in report.verdicts.items()
@@ -351,12 +373,14 @@ def render_html(report: Report) -> str:
     verdict_cols = [v for v in VERDICT_ORDER if v in report.verdicts]
     head = "".join(f'<th class="num v">{_e(v).replace("_", "_<wbr>")}</th>' for v in verdict_cols)
     head += "<th class='num'>repaired</th><th class='num'>top-up</th><th class='num'>diversity</th>"
+    head += "<th class='num'>$ a pair</th>"
     rows = "".join(
         f"<tr><td>{_e(g.task)}</td><td>{_e(g.theme)}</td><td class='num'>{g.total}</td>"
         f"<td class='num'>{g.flagged}</td>"
         + "".join(f"<td class='num'>{g.verdicts.get(v, 0) or ''}</td>" for v in verdict_cols)
         + f"<td class='num'>{g.repaired or ''}</td><td class='num'>{g.top_up or ''}</td>"
         + f"<td class='num'>{'' if g.diversity is None else f'{g.diversity:.2f}'}</td>"
+        + f"<td class='num'>{'' if g.cost_per_pair_usd is None else f'{g.cost_per_pair_usd:.4f}'}</td>"
         + "</tr>"
         for g in report.groups
     )

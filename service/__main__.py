@@ -166,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("-o", "--output", default="openapi/openapi.json")
     schema.set_defaults(func=_openapi)
 
-    from service.commands import dedup, evaluate, export, generate, import_review, keygen, report
+    from service.commands import dedup, estimate, evaluate, export, generate, import_review, keygen, report
 
+    estimate.register(sub)
     export.register(sub)
     import_review.register(sub)
     keygen.register(sub)

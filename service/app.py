@@ -13,7 +13,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, Contact, SecurityScheme
 
-from service.api import batches, dedup, evaluate, exports, generate, health, reports
+from service.api import batches, dedup, estimate, evaluate, exports, generate, health, reports
 from service.api.auth import Gate, GateMiddleware, provide_caller
 from service.api.body import QasynthRequest
 from service.api.openapi import ClosedStructs
@@ -63,6 +63,7 @@ def create_app(
         route_handlers=[
             *health.routes,
             *generate.routes,
+            *estimate.routes,
             *batches.routes,
             *dedup.routes,
             *evaluate.routes,

@@ -6,7 +6,8 @@
     │   ├── ProviderNotConfigured   the named provider has no credentials or runtime (400)
     │   ├── ProviderUnavailable     transport failures, 5xx and 429 after retries (502)
     │   │   └── BatchRequestFailed  one request of a provider batch errored, expired or was cancelled
-    │   └── ProviderRejected        the provider refused the request: bad key, unknown model (502)
+    │   ├── ProviderRejected        the provider refused the request: bad key, unknown model (502)
+    │   └── BudgetExhausted         the job's budget cannot pay for the next call (items fail with it)
     ├── LabelStudioFailed     a push to Label Studio was refused or could not connect (502)
     ├── SandboxUnavailable    the R sandbox cannot run at all (503)
     │   └── SandboxBusy       too many snippets are waiting for the R workers (503, Retry-After)
@@ -24,6 +25,7 @@ import math
 
 __all__ = [
     "BatchRequestFailed",
+    "BudgetExhausted",
     "Forbidden",
     "InvalidInput",
     "LabelStudioFailed",
@@ -70,6 +72,20 @@ class ProviderError(QasynthError):
 class ProviderNotConfigured(ProviderError):
     status_code = 400
     title = "Model provider not configured"
+
+
+class BudgetExhausted(ProviderError):
+    """Raised in place of a call the job's budget (`budget.usd`, `budget.tokens`) cannot pay for: it
+    travels the paths a failed call does, and the job ends with its items failed `budget_exhausted`.
+    `usage` and `attempts`: what the step had spent on earlier attempts before this one was refused."""
+
+    title = "Budget exhausted"
+
+    def __init__(self, detail: str, *, provider: str, limit: str) -> None:
+        super().__init__(detail, provider=provider)
+        self.limit = limit
+        self.usage: object = None
+        self.attempts = 0
 
 
 class ProviderUnavailable(ProviderError):

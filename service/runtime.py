@@ -7,6 +7,7 @@ import secrets
 from typing import Any
 
 from service.errors import SandboxUnavailable
+from service.pricing import PriceTable
 from service.providers.registry import ProviderRegistry
 from service.settings import Settings
 
@@ -19,6 +20,9 @@ class Runtime:
     def __init__(self, *, settings: Settings, providers: ProviderRegistry, runner: Any = None) -> None:
         self.settings = settings
         self.providers = providers
+        self.prices = PriceTable.load(settings.prices_file)
+        # Derived once from settings and shipped files (never request data): /ready's cache notes.
+        self.memo: dict[str, Any] = {}
         # Signs batch handles; a random key when none is set lives as long as this process.
         self.batch_secret = (settings.batch_secret or secrets.token_hex(32)).encode()
         self._runner = runner
@@ -55,6 +59,14 @@ class Runtime:
                     raise SandboxUnavailable(str(exc)) from exc
                 self._runner_error = None
         return self._runner
+
+    def default_model(self, provider: str) -> str:
+        """The model a provider would use when a spec names none, whether or not it is configured."""
+        if provider == "openai":
+            return self.settings.openai_model
+        if provider == "anthropic":
+            return self.settings.anthropic_model
+        return "local"
 
     @property
     def runner_error(self) -> str | None:

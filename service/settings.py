@@ -171,6 +171,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # None: openai if its key or base URL is set, else anthropic likewise, else local.
     default_provider: Literal["openai", "anthropic", "local"] | None = None
 
+    # A TOML price table whose entries replace or add to the shipped one (service/data/prices.toml).
+    prices_file: str | None = None
+
     local_model_path: str | None = None
     # Parallel decoding slots of the embedded model (continuous batching); also its calls in flight.
     local_slots: int = 4
@@ -246,6 +249,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
             anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
             anthropic_model=env.get("QASYNTH_ANTHROPIC_MODEL") or defaults.anthropic_model,
+            prices_file=env.get("QASYNTH_PRICES_FILE") or None,
             default_provider=provider,  # type: ignore[arg-type]
             local_model_path=env.get("QASYNTH_LOCAL_MODEL") or None,
             local_slots=_at_least(env, "QASYNTH_LOCAL_SLOTS", defaults.local_slots, 1),

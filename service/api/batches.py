@@ -92,6 +92,7 @@ async def _go_on(
 ) -> BatchJob:
     """Run the job on the results so far: submit the next round, or return the job's response."""
     evaluate = await _sandbox(job.spec, runtime, caller)
+    spec = job.spec
     last_round = len(batches) >= runtime.settings.batch_max_rounds
     response, pending = await until_disconnect(
         request,
@@ -102,6 +103,10 @@ async def _go_on(
             evaluate=evaluate,
             retries=runtime.settings.content_retries,
             last_round=last_round,
+            price=runtime.prices.price_for(
+                provider.name, spec.model.name or provider.default_model, spec.pricing
+            ),
+            price_taken="request" if spec.pricing is not None else runtime.prices.taken,
         ),
     )
     if not pending:

@@ -72,7 +72,17 @@ async def generate(
     if data.evaluation.enabled:
         evaluate = answer_evaluator(caller.runner(await runtime.runner()))
 
-    events = run_job(job, provider, evaluate=evaluate, retries=runtime.settings.content_retries)
+    model = data.model.name or provider.default_model
+    price = runtime.prices.price_for(provider.name, model, data.pricing)
+    taken = "request" if data.pricing is not None else runtime.prices.taken
+    events = run_job(
+        job,
+        provider,
+        evaluate=evaluate,
+        retries=runtime.settings.content_retries,
+        price=price,
+        price_taken=taken,
+    )
     if NDJSON in request.headers.get("accept", ""):
         return Stream(_ndjson(events), media_type=NDJSON)
     response = await until_disconnect(request, collect(events))

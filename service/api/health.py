@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
@@ -11,6 +13,10 @@ from service.api.problems import problems
 from service.errors import SandboxUnavailable
 from service.providers.limiter import LaneState
 from service.runtime import Runtime
+from service.stages.estimate import cache_notes
+from service.stages.spec import resolve_spec
+from service.wire.estimate import CacheNote
+from service.wire.generate import Spec
 
 __all__ = ["open_routes", "routes"]
 
@@ -25,6 +31,10 @@ class Ready(msgspec.Struct):
     `lanes` shows each provider and model used so far: its concurrency limit, calls in flight and
     queued, and its circuit breaker (`open` while calls wait for a probe). An open breaker does not
     make the service unready: every replica shares the provider, so routing elsewhere would not help.
+
+    `prompt_cache` says, for the default provider and model and the built-in prompts of each locale,
+    whether each task's step has a shared prefix long enough to be cached (a spec's own conventions,
+    answer rules and few-shot examples lengthen it: `/v1/estimate` says for a given spec).
     """
 
     ready: bool
@@ -32,6 +42,7 @@ class Ready(msgspec.Struct):
     providers: dict[str, dict[str, str]]
     default_provider: str
     lanes: list[LaneState] = []
+    prompt_cache: dict[str, list[CacheNote]] = {}
 
 
 @get("/health", summary="Liveness: the process answers", tags=["health"], sync_to_thread=False)
@@ -66,8 +77,26 @@ async def ready(runtime: NamedDependency[Runtime]) -> Response[Ready]:
         providers=providers,
         default_provider=default,
         lanes=runtime.providers.lanes(),
+        prompt_cache=await _prompt_cache(runtime, default),
     )
     return Response(body, status_code=200 if ok else 503)
+
+
+async def _prompt_cache(runtime: Runtime, provider: str) -> dict[str, list[CacheNote]]:
+    """Computed once per provider: the built-in prompts do not change while the service runs."""
+    key = f"prompt_cache:{provider}"
+    if key not in runtime.memo:
+        model = runtime.default_model(provider)
+        if runtime.providers.is_configured(provider):
+            model = runtime.providers.get(provider).default_model
+        price = runtime.prices.lookup(provider, model)
+
+        def notes() -> dict[str, list[CacheNote]]:
+            jobs = {locale: resolve_spec(Spec(locale=locale, per_cell=1)) for locale in ("en", "ja")}
+            return {locale: cache_notes(job, provider, model, price) for locale, job in jobs.items()}
+
+        runtime.memo[key] = await asyncio.to_thread(notes)
+    return runtime.memo[key]  # type: ignore[no-any-return]
 
 
 # /health needs no key (load balancers, the container's health check); /ready tells the configuration.

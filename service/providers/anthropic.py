@@ -1,8 +1,9 @@
 """Anthropic messages API.
 
 The system prompt (identical across a job's calls) is marked `cache_control:
-ephemeral`, so repeated calls read it from Anthropic's prompt cache; cache reads
-are recorded as `cached_tokens`. Anthropic has no seed parameter. The SDK's own
+ephemeral`, so repeated calls read it from Anthropic's prompt cache once it reaches the
+model's minimum (1,024 tokens for most models); cache reads are recorded as `cached_tokens`,
+cache writes as `cache_write_tokens`. Anthropic has no seed parameter. The SDK's own
 retries are off: the model's lane retries 429, 529 and the rest (`limiter.Lane`).
 Message Batches take the same requests, with the same cache breakpoint, at half the price.
 """
@@ -67,6 +68,20 @@ class AnthropicProvider(SDKProvider):
             client, default_model=settings.anthropic_model, concurrency=adaptive, retry=retry, breaker=breaker
         )
 
+    async def count_tokens(self, request: CompletionRequest) -> int | None:
+        """The prompt tokens of `request` by Anthropic's count_tokens endpoint (free; None when it
+        cannot be reached or refuses), for estimates."""
+        try:
+            counted = await self._client.messages.count_tokens(
+                model=request.model or self.default_model,
+                system=request.system,
+                messages=[{"role": m.role, "content": m.content} for m in request.messages],
+                timeout=10.0,
+            )
+        except anthropic.AnthropicError:
+            return None
+        return counted.input_tokens
+
     def _params(self, request: CompletionRequest) -> dict[str, Any]:
         """The messages request, the same for a direct call and a batch request's `params`."""
         return {
@@ -90,6 +105,7 @@ class AnthropicProvider(SDKProvider):
                 input_tokens=(u.input_tokens or 0) + cache_read + cache_write,
                 output_tokens=u.output_tokens or 0,
                 cached_tokens=cache_read,
+                cache_write_tokens=cache_write,
             ),
             latency_ms=latency_ms,
             finish_reason=response.stop_reason,

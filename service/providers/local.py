@@ -227,6 +227,31 @@ class LocalProvider:
         await self._ensure_started()
         return await self._lane.call(lambda: self._attempt(request), self._classify)
 
+    async def count_tokens(self, request: CompletionRequest) -> int | None:
+        """The prompt tokens of `request` by the model's own tokenizer and chat template (llama.cpp's
+        /apply-template and /tokenize), for estimates; None while the model is not loaded (an estimate
+        does not load a gigabyte of weights)."""
+        if self._loaded is None:
+            return None
+        import httpx
+
+        base = self._loaded.address
+        messages = [{"role": "system", "content": request.system}]
+        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        headers = {"Authorization": f"Bearer {self._api_key}"}
+        try:
+            async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30.0) as client:
+                templated = await client.post("/apply-template", json={"messages": messages})
+                templated.raise_for_status()
+                prompt = templated.json()["prompt"]
+                tokens = await client.post(
+                    "/tokenize", json={"content": prompt, "add_special": True, "parse_special": True}
+                )
+                tokens.raise_for_status()
+                return len(tokens.json()["tokens"])
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None
+
     async def _attempt(self, request: CompletionRequest) -> Completion:
         """One attempt on a slot of its own; the lane retries it when it fails."""
         key = hashlib.sha256(request.system.encode()).hexdigest()[:32]

@@ -35,6 +35,7 @@ from service.stages.evaluate import Sandbox
 from service.stages.pipeline import collect, run_job
 from service.stages.spec import Job
 from service.wire.generate import GenerateResponse
+from service.wire.pricing import ModelPrice
 
 __all__ = ["Deferred", "Handle", "Replay", "open_handle", "replay", "sign_handle"]
 
@@ -121,11 +122,16 @@ async def replay(
     evaluate: Sandbox | None,
     retries: int,
     last_round: bool = False,
+    price: ModelPrice | None = None,
+    price_taken: str | None = None,
 ) -> tuple[GenerateResponse, dict[str, CompletionRequest]]:
     """Run the job on what the ended rounds answered: the response and the calls of the next round
-    (none: the response is the job's)."""
+    (none: the response is the job's). Costs are at the batch price (`price` × the discount)."""
     source = Replay(provider, results, last_round=last_round)
-    response = await collect(run_job(job, source, evaluate=evaluate, retries=retries, via="batch"))
+    events = run_job(
+        job, source, evaluate=evaluate, retries=retries, via="batch", price=price, price_taken=price_taken
+    )
+    response = await collect(events)
     return response, source.pending
 
 

@@ -12,6 +12,7 @@ from typing import ClassVar, Generic, TypeVar
 
 import msgspec
 
+from service.errors import BudgetExhausted
 from service.providers.base import CompletionRequest, Provider
 from service.wire.base import Usage
 
@@ -72,7 +73,12 @@ async def call_until_parsed(
     attempt = 0
     while attempt <= retries:
         attempt += 1
-        completion = await provider.complete(request)
+        try:
+            completion = await provider.complete(request)
+        except BudgetExhausted as exc:
+            # The earlier attempts were spent: the item's accounting keeps them.
+            exc.usage, exc.attempts = usage, attempt - 1
+            raise
         usage = usage + completion.usage
         latency_ms += completion.latency_ms
         truncated = completion.truncated

@@ -250,6 +250,7 @@ async def build_report(
             ),
             repaired=bool(p.provenance and p.provenance.repairs) and not (q is not None and q.flagged),
             top_up=bool(p.provenance and p.provenance.top_up),
+            cost_usd=p.provenance.cost_usd if p.provenance is not None else None,
         )
         for p, ev, q in zip(pairs, evaluations, qualities, strict=True)
     ]
@@ -282,6 +283,8 @@ async def build_report(
                 repaired=g.repaired,
                 top_up=g.top_up,
                 diversity=g.diversity,
+                cost_usd=g.cost_usd,
+                cost_per_pair_usd=g.cost_per_pair_usd,
             )
             for g in data.groups
         ],
@@ -301,5 +304,7 @@ async def build_report(
         sandbox=sandbox,
         checks=_check_counts(dict(sorted(totals.items()))),  # type: ignore[arg-type]
         repaired=sum(g.repaired for g in data.groups),
+        cost_usd=data.cost_usd,
+        cost_per_pair_usd=data.cost_per_pair_usd,
     )
     return report, evaluator.render_html(data)

@@ -35,9 +35,18 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 
 import msgspec
 
-from service.errors import BatchRequestFailed, ProviderError, ProviderRejected, SandboxUnavailable
+from service.errors import (
+    BatchRequestFailed,
+    BudgetExhausted,
+    InvalidInput,
+    ProviderError,
+    ProviderRejected,
+    SandboxUnavailable,
+)
+from service.pricing import cost_of, round_usd
 from service.providers.base import Provider
 from service.stages.answers import generate_answer
+from service.stages.budget import BudgetedProvider, JobBudget
 from service.stages.calls import Call, MalformedReply
 from service.stages.dedup import Deduplicator
 from service.stages.evaluate import Sandbox
@@ -63,6 +72,7 @@ from service.wire.base import Usage
 from service.wire.evaluate import Evaluation, Quality
 from service.wire.generate import (
     AnswerGenerated,
+    BudgetReached,
     Cell,
     CellCount,
     CellStarted,
@@ -87,6 +97,7 @@ from service.wire.generate import (
     RepairAttempt,
     StepProvenance,
 )
+from service.wire.pricing import ModelPrice
 
 __all__ = ["Decide", "History", "KeepOrDrop", "add_counts", "collect", "pair_id", "question_id", "run_job"]
 
@@ -245,10 +256,14 @@ class _Run:
         history: History | None = None,
         decide: Decide | None = None,
         via: Via = "api",
+        price: ModelPrice | None = None,
+        price_taken: str | None = None,
     ) -> None:
         self.job = job
         self.history = history or History()
         self.via: Via = via
+        self.price = price
+        self.price_taken = price_taken
         self.provider = provider
         self.sandbox = sandbox
         self.retries = retries
@@ -261,6 +276,8 @@ class _Run:
         self.ledgers: list[CellLedger] = []
         self.usage = Usage()
         self.rejected: ProviderRejected | None = None
+        self.exhausted: BudgetExhausted | None = None
+        self.budget: JobBudget | None = None
         examples = [(f"few-shot:{i}", e.question) for i, e in enumerate(job.few_shot)]
         self.q_filter = _Filter(
             job,
@@ -276,6 +293,11 @@ class _Run:
             owner=decide("answer") if decide else None,
         )
         self.tg: asyncio.TaskGroup | None = None
+
+    @property
+    def stopped(self) -> ProviderError | None:
+        """Why no further call is made: the provider rejected the job, or its budget ran out."""
+        return self.rejected or self.exhausted
 
     def close(self) -> None:
         self.q_filter.close()
@@ -307,7 +329,7 @@ class _Run:
         c.asked += earlier
         c.kept_questions += earlier
         c.returned_questions += earlier
-        if self.rejected is not None:
+        if self.stopped is not None:
             ledger.stop()
         self.emit(CellStarted(task=cell.task, theme=cell.theme, count=cell.count))
         per_lane = 1 if c.code_first else self.job.spec.model.questions_per_call
@@ -318,7 +340,14 @@ class _Run:
         variety = await asyncio.to_thread(
             diversity, c.returned_questions, tokenizer=self.job.spec.dedup.tokenizer
         )
-        self.cells[(cell.task, cell.theme)] = ledger.finish(variety)
+        count = ledger.finish(variety)
+        cost = cost_of(ledger.usage, self.price, batch=self.via == "batch")
+        self.cells[(cell.task, cell.theme)] = msgspec.structs.replace(
+            count,
+            usage=ledger.usage,
+            cost_usd=cost,
+            cost_per_returned_pair_usd=_per_pair(cost, count.returned),
+        )
 
     def _fail_shortfall(self, c: _Cell) -> None:
         missing = c.ledger.shortfall()
@@ -329,6 +358,11 @@ class _Run:
         if self.rejected is not None:
             reason = "provider_rejected"
             detail = f"{self.rejected.provider}: {self.rejected.detail}"
+        elif self.exhausted is not None:
+            reason = "budget_exhausted"
+            detail = (
+                f"{count.returned} of {count.requested} made when the budget ran out: {self.exhausted.detail}"
+            )
         else:
             reason = "cell_budget_exhausted"
             lost = ", ".join(f"{n} {r}" for r, n in c.drops.most_common()) or "none"
@@ -344,7 +378,7 @@ class _Run:
     async def _lane(self, c: _Cell) -> None:
         per_call = 1 if c.code_first else self.job.spec.model.questions_per_call
         while slots := await c.ledger.take(per_call):
-            if self.rejected is not None:
+            if self.stopped is not None:
                 c.ledger.release(slots)
                 c.ledger.stop()
                 return
@@ -370,6 +404,22 @@ class _Run:
             result = await call
         except MalformedReply as exc:
             self._spend(c, slots, exc.attempts, exc.usage)
+            raise
+        except BudgetExhausted as exc:
+            self._spend(c, slots, exc.attempts, exc.usage if isinstance(exc.usage, Usage) else Usage())
+            if self.exhausted is None:
+                self.exhausted = exc
+                for ledger in self.ledgers:
+                    ledger.stop()
+                budget = self.budget
+                self.emit(
+                    BudgetReached(
+                        limit=exc.limit,  # type: ignore[arg-type]
+                        detail=exc.detail,
+                        spent_usd=round_usd(budget.spent_usd) if budget and budget.price else None,
+                        spent_tokens=budget.spent.input_tokens + budget.spent.output_tokens if budget else 0,
+                    )
+                )
             raise
         except ProviderError as exc:
             self._spend(c, slots, 1, Usage())
@@ -400,6 +450,8 @@ class _Run:
             attempts=call.attempts,
             batch_size=batch_size,
             via=self.via,
+            # Both vendors bill their batch APIs at half the price of a direct call.
+            cost_usd=cost_of(call.usage, self.price, batch=self.via == "batch"),
         )
 
     # -- questions
@@ -544,8 +596,8 @@ class _Run:
         self._settle(c, slot, outcome)
 
     async def _item(self, c: _Cell, slot: Slot, q: _Question) -> Outcome:
-        if self.rejected is not None:
-            raise self.rejected
+        if self.stopped is not None:
+            raise self.stopped
         shown_output = question_output(self.job, q.facts.run)
         template = self.templates["answer"]
         try:
@@ -588,8 +640,8 @@ class _Run:
         repairs: list[RepairAttempt] = []
         attempts = self.job.spec.evaluation.repair_attempts
         while quality.flagged and len(repairs) < attempts and c.ledger.budget_left() > 0:
-            if self.rejected is not None:
-                raise self.rejected
+            if self.stopped is not None:
+                break  # the answer in hand is still a pair
             repaired = await self._repair(c, slot, q, answer, evaluation, quality)
             if repaired is None:
                 break
@@ -624,6 +676,11 @@ class _Run:
                     failed_checks=[ch.name for ch in quality.checks if ch.blocking and not ch.passed],
                 )
         draft = q.draft
+        steps = [answer_step, *(r.step for r in repairs)]
+        if draft is not None:
+            steps.append(draft.snippet)
+            if draft.bug is not None and draft.bug.step is not None:
+                steps.append(draft.bug.step)
         return Pair(
             id=pid,
             task=c.cell.task,
@@ -642,6 +699,7 @@ class _Run:
                 repairs=repairs,
                 calls=slot.calls,
                 top_up=slot.top_up,
+                cost_usd=_pair_cost(q.step, steps),
             ),
         )
 
@@ -694,6 +752,10 @@ class _Run:
                 ),
             )
         except MalformedReply as exc:
+            c.ledger.repair_calls(exc.attempts)
+            return None
+        except BudgetExhausted as exc:
+            # No money for a repair: the answer in hand stands, flagged, with its evidence.
             c.ledger.repair_calls(exc.attempts)
             return None
         c.ledger.repair_calls(call.attempts)
@@ -753,7 +815,9 @@ class _Run:
         self, c: _Cell, slot: Slot, exc: ProviderError, *, stage: str, question: str | None
     ) -> None:
         reason: FailReason
-        if isinstance(exc, BatchRequestFailed):
+        if isinstance(exc, BudgetExhausted):
+            reason = "budget_exhausted"
+        elif isinstance(exc, BatchRequestFailed):
             reason = cast(FailReason, exc.reason)
         elif isinstance(exc, ProviderRejected):
             reason = "provider_rejected"
@@ -789,7 +853,15 @@ class _Run:
             c.ledger.failed(slot)
 
     def totals(self) -> Counts:
-        return _with_cells(self.counts, list(self.cells.values()))
+        counts = _with_cells(self.counts, list(self.cells.values()))
+        cost = cost_of(self.usage, self.price, batch=self.via == "batch")
+        return msgspec.structs.replace(
+            counts,
+            cost_usd=cost,
+            cost_per_returned_pair_usd=_per_pair(cost, counts.returned),
+            price_taken=self.price_taken if self.price is not None else None,
+            budget_exhausted=self.exhausted is not None,
+        )
 
 
 def _check_counts(parts: list[dict[Any, CheckCount]]) -> dict[Any, CheckCount]:
@@ -848,9 +920,41 @@ def add_counts(parts: list[Counts]) -> Counts:
                 **{f: getattr(old, f) + getattr(cell, f) for f in _CELL_SUMS},  # type: ignore[arg-type]
                 checks=_check_counts([old.checks, cell.checks]),
                 diversity=cell.diversity if cell.diversity is not None else old.diversity,
+                usage=old.usage + cell.usage,
+                cost_usd=_sum_cost(old.cost_usd, cell.cost_usd),
             )
     stages = Counts(**{f: sum(getattr(p, f) for p in parts) for f in _STAGE_SUMS})  # type: ignore[arg-type]
-    return _with_cells(stages, list(cells.values()))
+    merged = [
+        msgspec.structs.replace(c, cost_per_returned_pair_usd=_per_pair(c.cost_usd, c.returned))
+        for c in cells.values()
+    ]
+    counts = _with_cells(stages, merged)
+    cost: float | None = None
+    for part in parts:
+        cost = part.cost_usd if cost is None else _sum_cost(cost, part.cost_usd)
+    return msgspec.structs.replace(
+        counts,
+        cost_usd=cost,
+        cost_per_returned_pair_usd=_per_pair(cost, counts.returned),
+        price_taken=next((p.price_taken for p in parts if p.price_taken), None),
+        budget_exhausted=any(p.budget_exhausted for p in parts),
+    )
+
+
+def _sum_cost(a: float | None, b: float | None) -> float | None:
+    return round_usd(a + b) if a is not None and b is not None else None
+
+
+def _per_pair(cost: float | None, returned: int) -> float | None:
+    return round_usd(cost / returned) if cost is not None and returned else None
+
+
+def _pair_cost(question: StepProvenance, steps: list[StepProvenance]) -> float | None:
+    """The pair's steps; a question call shared by several questions counts its share."""
+    costs = [s.cost_usd for s in steps]
+    if question.cost_usd is None or None in costs:
+        return None
+    return round_usd(question.cost_usd / question.batch_size + sum(c for c in costs if c is not None))
 
 
 _END = object()
@@ -865,9 +969,12 @@ def run_job(
     history: History | None = None,
     decide: Decide | None = None,
     via: Via = "api",
+    price: ModelPrice | None = None,
+    price_taken: str | None = None,
 ) -> AsyncIterator[Event]:
     """Events as items progress; the last is `Done`. Closing the iterator cancels the job.
 
+    `price` prices every step (`service.pricing`); None leaves costs unknown (null).
     `evaluate` is the sandbox (`stages.evaluate.answer_evaluator(runner)`), or None when
     evaluation is off: then only the checks that need no R run. Not itself a generator:
     templates are loaded and checked here, at the call, so a bad override is a 400 before a
@@ -876,6 +983,19 @@ def run_job(
     recorded in every step's provenance: `batch` when the provider's replies come from its batch API
     (`stages/batches.py`).
     """
+    budget = None
+    limits = job.spec.budget
+    if limits.usd is not None or limits.tokens is not None:
+        model = job.spec.model.name or provider.default_model
+        if limits.usd is not None and price is None:
+            raise InvalidInput(
+                f"a budget in dollars needs a price for {provider.name} model {model!r}: give `pricing`",
+                field="budget.usd",
+            )
+        budget = JobBudget(
+            usd=limits.usd, tokens=limits.tokens, price=price, provider=provider.name, model=model
+        )
+        provider = BudgetedProvider(provider, budget)
     queue: asyncio.Queue[Any] = asyncio.Queue()
     run = _Run(
         job,
@@ -886,7 +1006,10 @@ def run_job(
         history=history,
         decide=decide,
         via=via,
+        price=price,
+        price_taken=price_taken,
     )
+    run.budget = budget
     return _events(job, run, queue)
 
 

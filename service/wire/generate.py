@@ -9,12 +9,14 @@ import msgspec
 from service.wire.base import Base, Id, Usage
 from service.wire.dedup import DedupItem, Threshold, TokenizerName
 from service.wire.evaluate import CheckName, Evaluation, EvaluationSettings, Quality, Verdict
+from service.wire.pricing import ModelPrice
 
 __all__ = [
     "MAX_CELL_COUNT",
     "MAX_TOTAL_COUNT",
     "AnswerGenerated",
     "Budget",
+    "BudgetReached",
     "BugProvenance",
     "Cell",
     "CellCount",
@@ -169,9 +171,15 @@ class Templates(Base):
 
 class Budget(Base):
     """Limits on what a job may spend. `calls_per_cell`: model calls one cell may make, top-up and
-    repairs included (null: three times the calls its count needs)."""
+    repairs included (null: three times the calls its count needs). `usd` and `tokens`: the most
+    the whole job may spend in dollars (at the job's price) and in tokens (prompt and output). Before
+    each call the job holds what the call could cost at most (its prompt, none of it cached, and
+    `max_tokens` of output); a call that would pass the limit is not made, and the job ends: its
+    finished pairs are returned, the rest fail as `budget_exhausted`."""
 
     calls_per_cell: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    usd: Annotated[float, msgspec.Meta(gt=0.0, le=1_000_000.0)] | None = None
+    tokens: Annotated[int, msgspec.Meta(ge=1, le=10_000_000_000)] | None = None
 
 
 class Spec(Base):
@@ -191,6 +199,8 @@ class Spec(Base):
     evaluation: EvaluationSettings = msgspec.field(default_factory=EvaluationSettings)
     prompts: Templates = msgspec.field(default_factory=Templates)
     budget: Budget = msgspec.field(default_factory=Budget)
+    # The price of the job's model, in place of the service's table (US dollars per million tokens).
+    pricing: ModelPrice | None = None
 
 
 class StepProvenance(Base):
@@ -205,6 +215,8 @@ class StepProvenance(Base):
     attempts: int = 1
     # Questions come several to a call; usage and latency are the whole call's, shared by this many.
     batch_size: int = 1
+    # What `usage` cost in US dollars at the job's price; null when the model has no price.
+    cost_usd: float | None = None
     # `batch`: made through the provider's batch API (POST /v1/batches), which both vendors bill at
     # half the price of a direct (`api`) call; latency is then unknown (0).
     via: Literal["api", "batch"] = "api"
@@ -234,7 +246,8 @@ class RepairAttempt(Base):
 
 class Provenance(Base):
     """Every step behind a pair. `answer` is the first answer; `repairs` the calls after it (the pair
-    holds the last reply). `calls`: model calls spent on this pair; `top_up`: it replaced a lost item."""
+    holds the last reply). `calls`: model calls spent on this pair; `top_up`: it replaced a lost item.
+    `cost_usd`: its steps' cost (a shared question call's divided by its `batch_size`)."""
 
     spec_sha256: str
     question: StepProvenance
@@ -244,6 +257,7 @@ class Provenance(Base):
     repairs: list[RepairAttempt] = []
     calls: int = 0
     top_up: bool = False
+    cost_usd: float | None = None
 
 
 class Pair(Base):
@@ -302,7 +316,9 @@ class CellCount(Base):
     """One cell's accounting (`requested = returned + failed`; `dropped` items were replaced) and quality:
     model `calls` spent against its `budget`, `top_up_calls` spent replacing dropped items, answers
     `repaired`, each check's counts over the questions and final answers it judged, and `diversity`
-    (the mean over returned questions of each one's highest ROUGE-L against the others; lower is more varied)."""
+    (the mean over returned questions of each one's highest ROUGE-L against the others; lower is more varied).
+    `cost_usd`: what every call of the cell cost, dropped items' included; `cost_per_returned_pair_usd`:
+    that over the pairs returned (null when none was, or the model has no price)."""
 
     task: Id
     theme: Id
@@ -318,9 +334,15 @@ class CellCount(Base):
     repair_calls: int = 0
     checks: dict[CheckName, CheckCount] = {}
     diversity: float | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+    cost_usd: float | None = None
+    cost_per_returned_pair_usd: float | None = None
 
 
 class Counts(Base):
+    """The job's accounting, summed over its cells. `cost_usd`: every call's cost; `price_taken`: the
+    date of the price table used (`request` for the spec's own `pricing`)."""
+
     requested: int = 0
     questions_generated: int = 0
     questions_dropped: int = 0
@@ -336,6 +358,10 @@ class Counts(Base):
     repair_calls: int = 0
     checks: dict[CheckName, CheckCount] = {}
     cells: list[CellCount] = []
+    cost_usd: float | None = None
+    cost_per_returned_pair_usd: float | None = None
+    price_taken: str | None = None
+    budget_exhausted: bool = False
 
 
 class GenerateResponse(Base):
@@ -401,6 +427,17 @@ class Failed(Base, tag="failed", tag_field="event"):
     item: ItemFailed
 
 
+class BudgetReached(Base, tag="budget_exhausted", tag_field="event"):
+    """The job's budget (`limit`: `usd` or `tokens`) cannot pay for the next call: no further call
+    is made, items in flight end, and every item not finished fails `budget_exhausted`. `spent_usd`
+    (null without a price) and `spent_tokens`: what the job had spent when it stopped."""
+
+    limit: Literal["usd", "tokens"]
+    detail: str
+    spent_usd: float | None
+    spent_tokens: int
+
+
 class Done(Base, tag="done", tag_field="event"):
     counts: Counts
     usage: Usage
@@ -417,5 +454,6 @@ Event = (
     | PairReady
     | Dropped
     | Failed
+    | BudgetReached
     | Done
 )

@@ -40,8 +40,13 @@ class ReportGroup(Base):
     verdicts: dict[str, int]
     checks: dict[CheckName, CheckCount] = {}
     repaired: int = 0
+    cost_usd: float | None = None
+    cost_per_pair_usd: float | None = None
     top_up: int = 0
     diversity: float | None = None
+    # The pairs' own model calls (provenance `cost_usd`); null unless every pair carries one.
+    cost_usd: float | None = None
+    cost_per_pair_usd: float | None = None
 
 
 class ReportItem(Base):
@@ -57,7 +62,10 @@ class ReportItem(Base):
 
 class Report(Base):
     """The summary and every item, flagged ones first. `verdicts` counts `unevaluated` too; `flagged`
-    follows a pair's checks when it carries them, else its verdict; `checks` sums the groups'."""
+    follows a pair's checks when it carries them, else its verdict; `checks` sums the groups'.
+    `cost_usd` sums the pairs' own model calls (provenance `cost_usd`), `cost_per_pair_usd` divides it by
+    the pairs; null unless every pair carries a cost. (A generate job's `counts.cost_per_returned_pair_usd`
+    also charges the items it dropped on the way.)"""
 
     title: str
     generated_at: str
@@ -72,3 +80,5 @@ class Report(Base):
     sandbox: dict[str, str] = {}
     checks: dict[CheckName, CheckCount] = {}
     repaired: int = 0
+    cost_usd: float | None = None
+    cost_per_pair_usd: float | None = None

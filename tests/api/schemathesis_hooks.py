@@ -3,12 +3,14 @@
 Some rules of a request hold between fields and cannot be written in JSON Schema; the routes'
 descriptions and the README state them and the service answers a 400 naming the field:
 ids unique across `items` and `existing`; a spec gives exactly one of `per_cell` and `cells`, its
-cells, few-shot examples and check policies name tasks and themes of its grid, a task or theme that is not built in
-has a description, and a replacement template has its `=== user ===` line. A body generated as
+cells, few-shot examples and check policies name tasks and themes of its grid, a task or theme
+that is not built in has a description, a replacement template has its `=== user ===` line, and a
+budget in dollars has a price for its model (the configured fake model has none, so such a spec
+carries `pricing`). A body generated as
 schema-valid is brought within these rules here, so that "valid data is accepted" tests the service
 rather than the generator; bodies generated as invalid are left as they are. /v1/generate also gets
-tiny counts and the configured fake provider, so the run stays quick; so do the batch routes, which
-take the same spec.
+tiny counts and the configured fake provider, so the run stays quick; so do /v1/estimate and the batch
+routes, which take the same spec.
 """
 
 from __future__ import annotations
@@ -91,10 +93,12 @@ def _coherent_spec(spec: dict[str, Any]) -> None:
     if model.get("provider") == "local":  # not configured in the test app: a 400 by design
         model["provider"] = "openai"
     model.pop("name", None)
+    if (spec.get("budget") or {}).get("usd") is not None and spec.get("pricing") is None:
+        spec["pricing"] = {"input": 1.0, "output": 2.0}
 
 
 # The routes whose body is a spec.
-SPEC_PATHS = ("/v1/generate", "/v1/batches", "/v1/batches/{handle}")
+SPEC_PATHS = ("/v1/generate", "/v1/estimate", "/v1/batches", "/v1/batches/{handle}")
 
 
 @schemathesis.hook

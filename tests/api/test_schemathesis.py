@@ -24,11 +24,11 @@ from tests.fakes.llm_server import FakeLLMServer
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "qsk_schemathesis-0000000000000000000000000000"
 SEED = os.environ.get("QASYNTH_SCHEMATHESIS_SEED", "20261201")
-# Every phase for every route but /v1/generate, /v1/batches and /v1/dedup: their bodies have rules
+# Every phase for every route but /v1/generate, /v1/estimate, /v1/batches and /v1/dedup: their bodies have rules
 # between fields that JSON Schema cannot state (unique ids across two lists; a spec's cells naming
 # its own grid; see tests/api/schemathesis_hooks.py). The coverage phase builds bodies without hooks,
 # so those run the example, fuzzing and stateful phases, with the hooks.
-BETWEEN_FIELDS = r"^/v1/(generate|dedup|batches(/\{handle\})?)$"
+BETWEEN_FIELDS = r"^/v1/(generate|estimate|dedup|batches(/\{handle\})?)$"
 RUNS = (
     ("--exclude-path-regex", BETWEEN_FIELDS),
     ("--include-path-regex", BETWEEN_FIELDS, "--phases", "examples,fuzzing,stateful"),

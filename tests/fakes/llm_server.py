@@ -5,7 +5,9 @@ response parsing all run for real. What it answers is scripted: a usable reply f
 of the pipeline by default (varied questions under `### Qn` headings, runnable R scripts,
 bugs, answers with a runnable ```r block), chosen misbehaviours through `Scripted`. Like the
 real APIs it stops at `max_tokens` (the text really cut there, with `finish_reason: "length"`
-/ `stop_reason: "max_tokens"`). Faults in each vendor's own shape (`faults.py`) are queued
+/ `stop_reason: "max_tokens"`), and it caches prompts by each vendor's documented rules
+(`PromptCache`), counting tokens with a real tokenizer (o200k_base), so tests can assert exact
+numbers. Faults in each vendor's own shape (`faults.py`) are queued
 with `fail_next` or added as standing rules with `faults.add`. It records every request, and
 the status it answered, so tests can check what reached the provider. The batch APIs of both
 vendors live in `batches.py`, mounted on the same server.
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import re
 import socket
@@ -24,24 +25,33 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
+
+import bpe_openai
 
 from tests.fakes.batches import FakeBatches
 from tests.fakes.faults import Fault, FaultInjector, error_response, success_headers
 
 __all__ = [
+    "ANTHROPIC_MESSAGE_OVERHEAD",
+    "OPENAI_MESSAGE_OVERHEAD",
     "FakeLLMServer",
     "Fault",
+    "PromptCache",
     "RecordedCall",
     "Scripted",
     "answer_in_chinese",
     "answer_that_fails",
     "answer_with_invented_output",
+    "anthropic_cache_minimum",
+    "anthropic_prompt",
     "bug_that_does_not_bite",
     "copy_of",
     "default_reply",
     "deterministic_reply",
+    "openai_prompt",
     "step_of",
     "tokens_of",
     "without_code",
@@ -72,11 +82,136 @@ class RecordedCall:
     status: int = 0
     # When it arrived (time.monotonic).
     at: float = field(default_factory=time.monotonic)
+    # The `usage` object of a 200 reply, as sent.
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+@cache
+def _encoding() -> Any:
+    return bpe_openai.get_encoding("o200k_base")
+
+
+def _encode(text: str) -> list[int]:
+    return list(_encoding().encode(text))
 
 
 def tokens_of(text: str) -> int:
-    """The fake's tokenizer: four characters a token."""
-    return max(1, math.ceil(len(text) / 4))
+    """Tokens of a text, by o200k_base (the tokenizer of gpt-4o, gpt-4.1, o-series and gpt-5)."""
+    return len(_encode(text))
+
+
+# OpenAI's chat format: each message costs 3 framing tokens, its role and its content; the reply
+# is primed with 3 more (the count OpenAI documents for its chat models).
+OPENAI_MESSAGE_OVERHEAD = 3
+OPENAI_REPLY_PRIMING = 3
+# Anthropic's framing, as this fake counts it: 3 tokens for each message turn, none for the system.
+ANTHROPIC_MESSAGE_OVERHEAD = 3
+_FRAME = -1  # a framing token: part of the sequence, never text
+
+
+def openai_prompt(messages: list[dict[str, Any]]) -> list[int]:
+    """The prompt's token sequence as OpenAI counts it: its length is `usage.prompt_tokens`."""
+    tokens: list[int] = []
+    for m in messages:
+        tokens += [_FRAME] * OPENAI_MESSAGE_OVERHEAD + _encode(m["role"]) + _encode(_text_of(m["content"]))
+    return tokens + [_FRAME] * OPENAI_REPLY_PRIMING
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+
+
+def anthropic_prompt(body: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """The prompt's token sequence in Anthropic's order (system, then the messages), and where each
+    `cache_control` breakpoint ends (the prefix lengths it marks)."""
+    tokens: list[int] = []
+    breakpoints: list[int] = []
+    for block in _blocks(body.get("system") or []):
+        tokens += _encode(block.get("text", ""))
+        if block.get("cache_control"):
+            breakpoints.append(len(tokens))
+    for m in body.get("messages", []):
+        tokens += [_FRAME] * ANTHROPIC_MESSAGE_OVERHEAD
+        for block in _blocks(m["content"]):
+            tokens += _encode(block.get("text", ""))
+            if block.get("cache_control"):
+                breakpoints.append(len(tokens))
+    return tokens, breakpoints
+
+
+# OpenAI caches automatically: prompts of 1,024 tokens and more, the cached part in 128-token steps.
+OPENAI_CACHE_MIN = 1024
+OPENAI_CACHE_STEP = 128
+# Anthropic's cache entries live 5 minutes, refreshed by each hit.
+ANTHROPIC_CACHE_TTL_S = 300.0
+
+
+def anthropic_cache_minimum(model: str) -> int:
+    """The shortest prefix Anthropic caches for a model: 2,048 tokens for the Haiku 3 and 3.5 models,
+    4,096 for Haiku 4.5 and Opus 4.5, 1,024 for the others."""
+    if model.startswith(("claude-haiku-4", "claude-opus-4-5")):
+        return 4096
+    if "haiku" in model:
+        return 2048
+    return 1024
+
+
+def _key(model: str, tokens: list[int]) -> bytes:
+    return hashlib.sha256(model.encode() + b"\0" + struct.pack(f"{len(tokens)}i", *tokens)).digest()
+
+
+class PromptCache:
+    """Each vendor's prompt cache, by its documented rules.
+
+    OpenAI: every prompt of at least 1,024 tokens leaves its prefixes of 1,024, 1,152, … tokens in the
+    cache; a later prompt is served the longest of them it starts with (`cached_tokens`).
+    Anthropic: only the prefixes that end at a `cache_control` breakpoint and are at least the model's
+    minimum are cached. The longest such prefix already in the cache is read
+    (`cache_read_input_tokens`); a longer breakpoint's prefix is written (`cache_creation_input_tokens`,
+    the tokens past what was read); `input_tokens` is the rest.
+    """
+
+    def __init__(self) -> None:
+        self._openai: set[bytes] = set()
+        self._anthropic: dict[bytes, float] = {}
+        self._lock = threading.Lock()
+
+    def openai(self, model: str, tokens: list[int]) -> int:
+        """Cached tokens of this prompt; the prompt's own prefixes are cached from now on."""
+        lengths = range(OPENAI_CACHE_MIN, len(tokens) + 1, OPENAI_CACHE_STEP)
+        keys = [(n, _key(model, tokens[:n])) for n in lengths]
+        with self._lock:
+            cached = max((n for n, k in keys if k in self._openai), default=0)
+            self._openai.update(k for _, k in keys)
+        return cached
+
+    def anthropic(self, model: str, tokens: list[int], breakpoints: list[int]) -> tuple[int, int]:
+        """(cache read, cache write) tokens of this prompt."""
+        minimum = anthropic_cache_minimum(model)
+        usable = sorted({n for n in breakpoints if n >= minimum})
+        if not usable:
+            return 0, 0
+        now = time.monotonic()
+        keys = [(n, _key(model, tokens[:n])) for n in usable]
+        with self._lock:
+            live = {k for k, expiry in self._anthropic.items() if expiry > now}
+            read = max((n for n, k in keys if k in live), default=0)
+            longest = usable[-1]
+            for n, k in keys:
+                if n >= read:
+                    self._anthropic[k] = now + ANTHROPIC_CACHE_TTL_S
+        return read, longest - read
+
+    def clear(self) -> None:
+        with self._lock:
+            self._openai.clear()
+            self._anthropic.clear()
 
 
 def _rng(*parts: str) -> random.Random:
@@ -331,6 +466,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", "0"))
         body = json.loads(self.rfile.read(length) or b"{}")
         owner = self.server.owner
+        if self.path.rstrip("/").endswith("/v1/messages/count_tokens"):
+            tokens, _ = anthropic_prompt(body)
+            self._send(200, {"input_tokens": len(tokens)}, success_headers("anthropic"))
+            return
         if self.path.rstrip("/").endswith("/chat/completions"):
             protocol = "openai"
             system = "\n".join(m["content"] for m in body["messages"] if m["role"] == "system")
@@ -338,18 +477,18 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path.rstrip("/").endswith("/v1/messages"):
             protocol = "anthropic"
             raw = body.get("system", "")
-            system = raw if isinstance(raw, str) else "".join(b.get("text", "") for b in raw)
-            user = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
+            system = _text_of(raw)
+            user = "\n".join(_text_of(m["content"]) for m in body["messages"] if m["role"] == "user")
         else:
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
         call = RecordedCall(protocol=protocol, system=system, user=user, body=body)
-        cached = owner._record(call)
+        owner._record(call)
         with owner.faults.serving(call) as outcome:
-            self._answer(call, outcome.fault, cached)
+            self._answer(call, outcome.fault)
             outcome.status = call.status
 
-    def _answer(self, call: RecordedCall, fault: Fault | None, cached: bool) -> None:
+    def _answer(self, call: RecordedCall, fault: Fault | None) -> None:
         """Answer, noting the status in `call` before the client can see the answer."""
         owner = self.server.owner
         protocol, system, user, body = call.protocol, call.system, call.user, call.body
@@ -370,13 +509,17 @@ class _Handler(BaseHTTPRequestHandler):
             text = owner.reply(system, user)
         # The real APIs stop at max_tokens: the text is cut there, whatever it looked like.
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
-        truncated = isinstance(limit, int) and tokens_of(text) > limit
+        reply = _encode(text)
+        truncated = isinstance(limit, int) and len(reply) > limit
         if truncated:
-            text = text[: 4 * limit]
-        prompt_tokens = tokens_of(system) + tokens_of(user)
-        out_tokens = tokens_of(text)
-        cached_tokens = tokens_of(system) if cached else 0
+            reply = reply[:limit]
+            text = _encoding().decode_bytes(reply).decode("utf-8", errors="ignore")
+        out_tokens = len(reply)
+        # A prompt is cached only once it is answered, as the real APIs do.
         if protocol == "openai":
+            prompt = openai_prompt(body["messages"])
+            cached_tokens = owner.cache.openai(model, prompt)
+            prompt_tokens = len(prompt)
             payload = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion",
@@ -397,6 +540,8 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             }
         else:
+            prompt, breakpoints = anthropic_prompt(body)
+            read, written = owner.cache.anthropic(model, prompt, breakpoints)
             payload = {
                 "id": "msg_fake",
                 "type": "message",
@@ -406,12 +551,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "stop_reason": "max_tokens" if truncated else "end_turn",
                 "stop_sequence": None,
                 "usage": {
-                    "input_tokens": prompt_tokens - cached_tokens,
+                    "input_tokens": len(prompt) - read - written,
                     "output_tokens": out_tokens,
-                    "cache_read_input_tokens": cached_tokens,
-                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": read,
+                    "cache_creation_input_tokens": written,
                 },
             }
+        call.usage = payload["usage"]
         encoded = json.dumps(payload).encode()
         if fault and fault.kind == "reset":
             self._reset_midway(encoded)
@@ -436,9 +582,9 @@ class FakeLLMServer:
         self.reply = reply
         self.calls: list[RecordedCall] = []
         self.faults = FaultInjector()
+        self.cache = PromptCache()
         # The Files, Batch and Message Batches APIs (`batches.py`), answered by the routes below.
         self.batches = FakeBatches(self)
-        self._systems: set[str] = set()
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
@@ -459,13 +605,9 @@ class FakeLLMServer:
     def fail_next(self, *faults: Fault) -> None:
         self.faults.fail_next(*faults)
 
-    def _record(self, call: RecordedCall) -> bool:
-        """Keep the call; True when its system prompt is already in the prompt cache."""
+    def _record(self, call: RecordedCall) -> None:
         with self._lock:
             self.calls.append(call)
-            cached = call.system in self._systems
-            self._systems.add(call.system)
-            return cached
 
     def __enter__(self) -> FakeLLMServer:
         self._thread.start()

@@ -10,7 +10,12 @@ from service.providers.base import Completion, CompletionRequest, Message
 from service.providers.limiter import RetryPolicy
 from service.providers.openai import OpenAIProvider
 from tests.fakes.faults import Fault
-from tests.fakes.llm_server import FakeLLMServer, tokens_of
+from tests.fakes.llm_server import (
+    ANTHROPIC_MESSAGE_OVERHEAD,
+    OPENAI_MESSAGE_OVERHEAD,
+    FakeLLMServer,
+    tokens_of,
+)
 from tests.providers.test_sdk_providers import VENDORS, make
 
 
@@ -45,7 +50,9 @@ async def test_a_batch_runs_after_its_polls_and_answers_each_request(
     for custom_id, req in REQUESTS:
         got = results[custom_id]
         assert isinstance(got, Completion) and got.text
-        assert got.usage.input_tokens == tokens_of(req.system) + tokens_of(req.messages[0].content)
+        # The prompt as each vendor counts it: the texts and the framing of its turns.
+        framing = 2 * (OPENAI_MESSAGE_OVERHEAD + 1) + 3 if vendor == "openai" else ANTHROPIC_MESSAGE_OVERHEAD
+        assert got.usage.input_tokens == tokens_of(req.system) + tokens_of(req.messages[0].content) + framing
         assert got.usage.output_tokens == tokens_of(got.text)
     # Each line reached the model as the direct call would have, with the body the provider builds.
     assert len(llm_server.calls) == 3 and {c.protocol for c in llm_server.calls} == {vendor}

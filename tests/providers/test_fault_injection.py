@@ -26,7 +26,7 @@ from service.wire.generate import Spec
 from tests.api.test_generate import assert_accounted
 from tests.conftest import settings_for
 from tests.fakes.faults import After, Fault, RevokeKey, SlowTail, Storm
-from tests.fakes.llm_server import WORDS, FakeLLMServer, default_reply
+from tests.fakes.llm_server import WORDS, FakeLLMServer, default_reply, tokens_of
 
 VENDORS = pytest.mark.parametrize("vendor", ["openai", "anthropic"])
 
@@ -136,14 +136,14 @@ def long_answer(system: str, user: str) -> str:
     """Questions as usual; answers whose code closes early, followed by long prose."""
     if "### Q1" in system:
         return default_reply(system, user)
-    return f"Use var().\n\n```r\nx <- c(2, 4, 4, 5)\nprint(var(x))\n```\n\n{prose(user, 200)} END-OF-ANSWER"
+    return f"Use var().\n\n```r\nx <- c(2, 4, 4, 5)\nprint(var(x))\n```\n\n{prose(user, 300)} END-OF-ANSWER"
 
 
 @VENDORS
 async def test_a_reply_cut_at_max_tokens_with_closed_fences_is_asked_again_with_more_room(
     vendor: str,
 ) -> None:
-    assert all(256 * 4 < len(long_answer("", f"q{i}")) <= 512 * 4 for i in range(50))  # cut at 256 tokens
+    assert all(256 < tokens_of(long_answer("", f"q{i}")) <= 512 for i in range(50))  # cut at 256 tokens
     with FakeLLMServer(reply=long_answer) as server:
         status, body = await generate(server, job_spec(vendor, per_cell=1, max_tokens=256))
     assert status == 200

@@ -69,6 +69,20 @@ async def test_completes_and_reuses_the_cached_system_prompt() -> None:
     assert provider.describe()["status"] == "stopped"
 
 
+async def test_counts_a_prompt_as_llama_cpp_bills_it_once_loaded() -> None:
+    provider = LocalProvider.from_settings(SETTINGS)
+    request = _ask("Compute the variance of c(2, 4, 9) in R.", max_tokens=8)
+    try:
+        unloaded = await provider.count_tokens(request)
+        completion = await provider.complete(request)
+        counted = await provider.count_tokens(request)
+    finally:
+        await provider.aclose()
+    # An estimate never loads the model; once it is loaded, the count is the prompt it was billed.
+    assert unloaded is None
+    assert counted == completion.usage.input_tokens
+
+
 async def test_concurrent_calls_evaluate_a_new_system_prompt_once() -> None:
     """Four calls of a job arrive together: one evaluates the system prompt, the others copy its slot."""
     system = f"[job {secrets.token_hex(6)}] " + SYSTEM * 3

@@ -1,0 +1,148 @@
+"""POST /v1/estimate: the spec of /v1/generate, priced before anything is spent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from tests.api.test_generate import LONG_CONVENTIONS, grid_spec
+from tests.conftest import settings_for
+from tests.fakes.llm_server import FakeLLMServer
+
+
+def one_call_spec(**overrides: Any) -> dict[str, Any]:
+    """One generate cell of one item: the first question call carries no avoid-list, so its prompt
+    is exactly what the estimate renders."""
+    spec = grid_spec(
+        tasks=[{"id": "generate"}],
+        themes=[{"id": "regression"}],
+        per_cell=1,
+        model={"provider": "openai", "name": "gpt-4o-mini", "questions_per_call": 1},
+    )
+    spec.update(overrides)
+    return spec
+
+
+def step(body: dict[str, Any], name: str) -> dict[str, Any]:
+    [found] = [s for s in body["steps"] if s["step"] == name]
+    return found
+
+
+async def test_the_estimate_renders_the_real_prompts_and_calls_no_model(llm_server: FakeLLMServer) -> None:
+    spec = one_call_spec()
+    async with AsyncTestClient(create_app(settings_for(llm_server))) as client:
+        estimate = await client.post("/v1/estimate", json=spec)
+        assert estimate.status_code == 200, estimate.text
+        assert llm_server.calls == []  # nothing spent
+        generated = await client.post("/v1/generate", json=spec)
+    body = estimate.json()
+    assert body["provider"] == "openai" and body["model"] == "gpt-4o-mini"
+    assert body["tokenizer"] == "o200k_base" and body["requested"] == 1
+    assert body["price_taken"] == "2025-11-25" and body["price"]["input"] == 0.15
+    # The first question call: the same prompt, counted by the same tokenizer as the provider's.
+    [first] = [c for c in llm_server.calls if "### Q1" in c.system][:1]
+    question = step(body, "question")
+    assert question["calls"]["low"] == 1
+    assert question["input_tokens"]["low"] == first.usage["prompt_tokens"]
+    assert generated.json()["counts"]["calls"] == body["calls"]["low"] == 2
+    # A range that holds the low scenario, the expected one and the high one, priced.
+    assert body["calls"]["low"] <= body["calls"]["expected"] <= body["calls"]["high"]
+    cost = body["cost_usd"]
+    assert 0 < cost["low"] <= cost["expected"] <= cost["high"]
+    assert abs(sum(s["cost_usd"]["expected"] for s in body["steps"]) - cost["expected"]) < 1e-5
+    assert body["cost_per_pair_usd"]["expected"] == round(cost["expected"] / 1, 6)
+
+
+async def test_the_same_validation_and_problem_details_as_generate(llm_server: FakeLLMServer) -> None:
+    bad = [
+        (grid_spec(per_cell=-1), "per_cell"),
+        (
+            grid_spec(cells=[{"task": "nope", "theme": "regression", "count": 1}], per_cell=None),
+            "cells[0].task",
+        ),
+        (grid_spec(prompts={"answer": "no split line"}), "prompts.answer"),
+        (grid_spec(budget={"usd": -1}), "budget.usd"),
+        (grid_spec(pricing={"input": 1.0}), "pricing"),
+    ]
+    async with AsyncTestClient(create_app(settings_for(llm_server))) as client:
+        for spec, field in bad:
+            for route in ("/v1/estimate", "/v1/generate"):
+                response = await client.post(route, json=spec)
+                assert response.status_code == 400, (route, field, response.text)
+                problem = response.json()
+                assert problem["field"].startswith(field), (route, problem)
+    assert llm_server.calls == []
+
+
+async def test_a_short_prefix_is_said_not_to_be_cached_and_a_long_one_is(llm_server: FakeLLMServer) -> None:
+    async with AsyncTestClient(create_app(settings_for(llm_server))) as client:
+        short = (await client.post("/v1/estimate", json=grid_spec())).json()
+        long = (await client.post("/v1/estimate", json=grid_spec(conventions=LONG_CONVENTIONS))).json()
+        defaults = (
+            await client.post("/v1/estimate", json={"per_cell": 1, "model": {"provider": "openai"}})
+        ).json()
+        ready = (await client.get("/ready")).json()
+    notes = {(n["task"], n["step"]): n for n in short["cache"]}
+    answer = notes[("explain", "answer")]
+    assert not answer["cacheable"] and answer["minimum_tokens"] == 1024
+    assert answer["prefix_tokens"] < 1024
+    assert f"{1024 - answer['prefix_tokens']} more tokens" in answer["detail"]
+    assert short["cached_tokens"]["expected"] == 0
+    notes = {(n["task"], n["step"]): n for n in long["cache"]}
+    assert notes[("explain", "answer")]["cacheable"] and notes[("generate", "answer")]["cacheable"]
+    assert long["cached_tokens"]["expected"] > 0
+    # /ready says the same of the built-in prompts, per locale, for the default provider.
+    en = {(n["task"], n["step"]): n for n in ready["prompt_cache"]["en"]}
+    builtin = {(n["task"], n["step"]): n for n in defaults["cache"]}
+    assert en == builtin and not en[("explain", "answer")]["cacheable"]
+    ja = {(n["task"], n["step"]): n for n in ready["prompt_cache"]["ja"]}
+    assert ja[("explain", "answer")]["prefix_tokens"] > en[("explain", "answer")]["prefix_tokens"]
+    assert set(ready["prompt_cache"]) == {"en", "ja"}
+
+
+async def test_anthropic_is_calibrated_by_count_tokens_and_prices_cache_writes(
+    llm_server: FakeLLMServer,
+) -> None:
+    spec = grid_spec(
+        conventions=LONG_CONVENTIONS, model={"provider": "anthropic", "name": "claude-sonnet-4-5"}
+    )
+    async with AsyncTestClient(create_app(settings_for(llm_server))) as client:
+        body = (await client.post("/v1/estimate", json=spec)).json()
+    assert body["tokenizer"].startswith("o200k_base, calibrated by the anthropic tokenizer")
+    assert body["cache_write_tokens"]["expected"] > 0 and body["cached_tokens"]["expected"] > 0
+    # Sonnet 4.5: $3 in, $0.30 cache read, $3.75 cache write, $15 out per million tokens.
+    tokens = {
+        k: body[k]["expected"]
+        for k in ("input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens")
+    }
+    fresh = tokens["input_tokens"] - tokens["cached_tokens"] - tokens["cache_write_tokens"]
+    dollars = (
+        fresh * 3
+        + tokens["cached_tokens"] * 0.3
+        + tokens["cache_write_tokens"] * 3.75
+        + tokens["output_tokens"] * 15
+    ) / 1e6
+    assert abs(body["cost_usd"]["expected"] - dollars) < 1e-4
+
+
+async def test_unknown_models_have_no_price_and_a_requests_pricing_is_used(llm_server: FakeLLMServer) -> None:
+    async with AsyncTestClient(create_app(settings_for(llm_server))) as client:
+        unknown = (
+            await client.post("/v1/estimate", json=one_call_spec(model={"name": "my-vllm-model"}))
+        ).json()
+        priced = (
+            await client.post(
+                "/v1/estimate",
+                json=one_call_spec(model={"name": "my-vllm-model"}, pricing={"input": 1.0, "output": 2.0}),
+            )
+        ).json()
+        local = (await client.post("/v1/estimate", json=one_call_spec(model={"provider": "local"}))).json()
+    assert unknown["cost_usd"] is None and unknown["price"] is None and unknown["input_tokens"]["low"] > 0
+    assert priced["price_taken"] == "request"
+    expected = (priced["input_tokens"]["expected"] + 2 * priced["output_tokens"]["expected"]) / 1e6
+    assert abs(priced["cost_usd"]["expected"] - expected) < 1e-5
+    # The embedded model costs nothing; unloaded, it is counted by o200k_base and says so.
+    assert local["cost_usd"] == {"low": 0.0, "expected": 0.0, "high": 0.0}
+    assert "approximation" in local["tokenizer"]
