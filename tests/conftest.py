@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from litestar import Litestar
@@ -53,6 +54,22 @@ def settings_for(server: FakeLLMServer, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def cell_key(cell: dict[str, Any]) -> tuple[Any, ...]:
+    """What two runs of one job must agree on per cell (`counts.cells[i]`), however they ran."""
+    fields = (
+        "task",
+        "theme",
+        "requested",
+        "returned",
+        "dropped",
+        "failed",
+        "flagged",
+        "calls",
+        "top_up_calls",
+    )
+    return tuple(cell[f] for f in fields)
 
 
 def serve(app: Litestar) -> contextlib.AbstractContextManager[str]:

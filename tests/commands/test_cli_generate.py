@@ -18,7 +18,7 @@ from litestar.testing import AsyncTestClient
 from service.app import create_app
 from service.commands.generate import load_job
 from service.stages.spec import locale_defaults
-from tests.conftest import settings_for
+from tests.conftest import cell_key, settings_for
 from tests.fakes.llm_server import FakeLLMServer, deterministic_reply, step_of
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -70,21 +70,6 @@ SPEC: dict[str, Any] = {
     "model": {"provider": "openai", "questions_per_call": 3},
     "evaluation": {"enabled": False},
 }
-
-
-def cell_key(cell: dict[str, Any]) -> tuple[Any, ...]:
-    fields = (
-        "task",
-        "theme",
-        "requested",
-        "returned",
-        "dropped",
-        "failed",
-        "flagged",
-        "calls",
-        "top_up_calls",
-    )
-    return tuple(cell[f] for f in fields)
 
 
 async def test_generate_file_gives_the_accounting_and_pairs_of_the_api(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from service.stages.pipeline import collect, run_job
 from service.stages.spec import resolve_spec
 from service.wire.generate import Done, PairReady, Spec
 from tests.commands.test_cli_generate import env_for, first_two_alike
-from tests.conftest import settings_for
+from tests.conftest import cell_key, settings_for
 from tests.fakes.llm_server import FakeLLMServer
 
 ray = pytest.importorskip("ray")
@@ -144,21 +144,6 @@ def generate_spec(**overrides: Any) -> dict[str, Any]:
     }
     spec.update(overrides)
     return spec
-
-
-def cell_key(cell: dict[str, Any]) -> tuple[Any, ...]:
-    fields = (
-        "task",
-        "theme",
-        "requested",
-        "returned",
-        "dropped",
-        "failed",
-        "flagged",
-        "calls",
-        "top_up_calls",
-    )
-    return tuple(cell[f] for f in fields)
 
 
 @pytest.mark.sandbox
