@@ -169,17 +169,22 @@ async def test_a_reply_too_long_for_the_largest_budget_fails_as_truncated(vendor
     assert body["pairs"] == []
     assert_accounted(body)
     # Each truncated answer is dropped and its item asked for again while the cell's budget of
-    # 6 calls lasts: two items a cell, then the cell reports what it could not make.
-    dropped = body["dropped"]
-    assert len(dropped) == 12
-    for item in dropped:
-        assert item["stage"] == "answer" and item["reason"] == "truncated"
+    # 6 calls lasts: two items a cell, then the cell reports what it could not make. (A question
+    # that comes second to a near-duplicate of another cell's is replaced too: which comes first
+    # depends on timing, and it spends one of its cell's calls.)
+    answers = [item for item in body["dropped"] if item["stage"] == "answer"]
+    questions = [item for item in body["dropped"] if item["stage"] != "answer"]
+    assert all(item["reason"] == "near_duplicate" for item in questions), questions
+    assert 12 - len(questions) <= len(answers) <= 12
+    for item in answers:
+        assert item["reason"] == "truncated"
         assert "max_tokens=1024" in item["detail"] and "after 3 attempts" in item["detail"]
     assert [f["reason"] for f in body["failed"]] == ["cell_budget_exhausted"] * 6
     # Twice the room each time, up to four times what was asked, and no further.
+    n = len(answers)
     budgets = [c.body["max_tokens"] for c in server.calls if "### Q1" not in c.system]
-    assert sorted(budgets) == [256] * 12 + [512] * 12 + [1024] * 12
-    assert body["usage"]["output_tokens"] >= 12 * (256 + 512 + 1024)
+    assert sorted(budgets) == [256] * n + [512] * n + [1024] * n
+    assert body["usage"]["output_tokens"] >= n * (256 + 512 + 1024)
 
 
 @VENDORS
