@@ -263,10 +263,34 @@ def _japanese(text: str) -> bool:
     return bool(re.search(r"[\u3040-\u30ff]", text))
 
 
+# English glue between the random words. A bare run of statistics terms (correction permutation
+# simulation variance…) reads to a language identifier as French now and then, as it would in a
+# real reply, so the fake writes the sentence-shaped English a model writes.
+_LINKS = (
+    "with the",
+    "through the",
+    "that shows the",
+    "which has the",
+    "and then the",
+    "for each",
+    "without the",
+    "whether the",
+)
+
+
+def _english(rng: random.Random, n: int) -> str:
+    out: list[str] = []
+    for i in range(n):
+        if i and i % 4 == 0:
+            out.append(rng.choice(_LINKS))
+        out.append(rng.choice(WORDS))
+    return " ".join(out)
+
+
 def _prose(rng: random.Random, japanese: bool, n: int = 40) -> str:
-    words = JA_WORDS if japanese else WORDS
-    text = ("" if japanese else " ").join(rng.choice(words) for _ in range(n))
-    return text + ("を計算します。" if japanese else ".")
+    if japanese:
+        return "".join(rng.choice(JA_WORDS) for _ in range(n)) + "を計算します。"
+    return f"The {_english(rng, n)}."
 
 
 def _code_in(text: str) -> str:
@@ -279,11 +303,13 @@ def _questions(system: str, user: str, *, fixed: bool = False) -> str:
     count = int(m.group(1)) if m else 1
     rng = _rng(user) if fixed else _rng(user, str(time.perf_counter_ns()))
     japanese = _japanese(user)
-    joiner = "" if japanese else " "
     blocks = []
     for i in range(1, count + 1):
-        text = joiner.join(rng.choice(JA_WORDS if japanese else WORDS) for _ in range(18))
-        blocks.append(f"### Q{i}\n{text}を R でどう求めますか?" if japanese else f"### Q{i}\n{text}?")
+        if japanese:
+            text = "".join(rng.choice(JA_WORDS) for _ in range(18))
+            blocks.append(f"### Q{i}\n{text}を R でどう求めますか?")
+        else:
+            blocks.append(f"### Q{i}\nHow would I get the {_english(rng, 18)} in R?")
     return "\n\n".join(blocks)
 
 
