@@ -10,6 +10,10 @@ within ±25 %), and whether the real figures fall inside the low–high range. T
 - the embedded local model (Qwen2.5-Coder-1.5B, llama.cpp), 3 tasks × 1 theme × 1 pair, evaluation on,
   estimated before the model is loaded (o200k_base) and again once it is (llama.cpp's own tokenizer).
 
+Each job is also estimated with `observed`: the counts of a smaller job of the same model run first
+(fakes: 1 pair of each task on one theme; local: the same 3 tasks on another theme), as a user
+would calibrate before a large run; those rows are marked "calibrated".
+
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_estimate.py            # fakes and the local model
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_estimate.py --no-local # fakes only (a minute)
 """
@@ -36,7 +40,7 @@ from service.stages.evaluate import answer_evaluator
 from service.stages.pipeline import collect, run_job
 from service.stages.spec import resolve_spec
 from service.wire.estimate import Estimate
-from service.wire.generate import GenerateResponse, Spec
+from service.wire.generate import Counts, GenerateResponse, Spec
 from tests.fakes.llm_server import FakeLLMServer
 
 LONG_CONVENTIONS = "Base R only; create the example data inline.\n" + "\n".join(
@@ -135,25 +139,51 @@ def compare(name: str, estimate: Estimate, response: GenerateResponse, wall_s: f
     return rows
 
 
+async def estimate(
+    provider: Provider, provider_name: str, model: str, job_spec: Spec, prices: PriceTable,
+    observed: Counts | None = None,
+) -> Estimate:  # fmt: skip
+    return await estimate_job(
+        resolve_spec(job_spec), provider_name=provider_name, model=model,
+        price=prices.lookup(provider_name, model), prices=prices, price_taken=prices.taken,
+        provider=provider, observed=observed,
+    )  # fmt: skip
+
+
 async def run(
     provider: Provider, provider_name: str, model: str, job_spec: Spec, sandbox: Any, prices: PriceTable,
-    *, estimate_after: bool = False,
-) -> tuple[Estimate, GenerateResponse, float]:  # fmt: skip
-    """The estimate (made before the job, or after it: the local model counts once loaded) and the job."""
+    *, estimate_after: bool = False, observed: Counts | None = None,
+) -> tuple[Estimate, Estimate | None, GenerateResponse, float]:  # fmt: skip
+    """The estimate (made before the job, or after it: the local model counts once loaded), the
+    estimate calibrated by `observed` when given, and the job."""
     job = resolve_spec(job_spec)
     price = prices.lookup(provider_name, model)
 
-    async def estimate() -> Estimate:
-        return await estimate_job(
-            job, provider_name=provider_name, model=model, price=price, prices=prices,
-            price_taken=prices.taken, provider=provider,
-        )  # fmt: skip
+    async def both() -> tuple[Estimate, Estimate | None]:
+        plain = await estimate(provider, provider_name, model, job_spec, prices)
+        if observed is None:
+            return plain, None
+        return plain, await estimate(provider, provider_name, model, job_spec, prices, observed)
 
-    before = None if estimate_after else await estimate()
+    before = None if estimate_after else await both()
     started = time.perf_counter()
     response = await collect(run_job(job, provider, evaluate=sandbox, retries=2, price=price))
     wall = time.perf_counter() - started
-    return before or await estimate(), response, wall
+    plain, calibrated = before or await both()
+    return plain, calibrated, response, wall
+
+
+async def calibration_job(
+    provider: Provider, model: str, job_spec: Spec, sandbox: Any, prices: PriceTable
+) -> Counts:
+    """The smaller job run first, whose counts calibrate the estimate of the larger one."""
+    job = resolve_spec(job_spec)
+    price = prices.lookup(provider.name, model)
+    started = time.perf_counter()
+    response = await collect(run_job(job, provider, evaluate=sandbox, retries=2, price=price))
+    print(f"\ncalibration job: {len(response.pairs)} of {response.counts.requested} pairs, "
+          f"{response.counts.calls} calls, {time.perf_counter() - started:.0f} s, {load()}", flush=True)  # fmt: skip
+    return response.counts
 
 
 async def main() -> int:
@@ -181,33 +211,50 @@ async def main() -> int:
                 for long in (False, True):
                     name = f"fake {vendor} {model}, {'long' if long else 'built-in'} conventions"
                     server.cache.clear()
+                    provider = registry.get(vendor)
+                    small = spec(vendor, model, tasks=grid["tasks"], themes=["mean-variance"], per_cell=1,
+                                 long=long)  # type: ignore[arg-type]  # fmt: skip
+                    observed = await calibration_job(provider, model, small, sandbox, prices)
+                    server.cache.clear()
                     job_spec = spec(vendor, model, **grid, long=long)  # type: ignore[arg-type]
-                    est, response, wall = await run(
-                        registry.get(vendor), vendor, model, job_spec, sandbox, prices
+                    est, calibrated, response, wall = await run(
+                        provider, vendor, model, job_spec, sandbox, prices, observed=observed
                     )
                     results[name] = compare(name, est, response, wall)
+                    assert calibrated is not None
+                    results[f"{name}, calibrated"] = compare(
+                        f"{name}, calibrated", calibrated, response, wall
+                    )
             await registry.aclose()
         if not args.no_local:
             from service.providers.local import LocalProvider
 
             settings = Settings.from_env()
             local = LocalProvider.from_settings(settings)
-            print(f"\nlocal model job: {args.local_tasks} × regression × 1, {load()}", flush=True)
-            job_spec = spec("local", local.default_model, tasks=args.local_tasks,
+            model = local.default_model
+            job_spec = spec("local", model, tasks=args.local_tasks,
                             themes=["regression"], per_cell=1, long=False)  # fmt: skip
-            job = resolve_spec(job_spec)
-            before = await estimate_job(
-                job, provider_name="local", model=local.default_model, price=None, prices=prices,
-                price_taken=None, provider=local,
-            )  # fmt: skip
-            est, response, wall = await run(
-                local, "local", local.default_model, job_spec, sandbox, prices, estimate_after=True
+            before = await estimate(local, "local", model, job_spec, prices)
+            small = spec(
+                "local", model, tasks=args.local_tasks, themes=["mean-variance"], per_cell=1, long=False
+            )
+            observed = await calibration_job(local, model, small, sandbox, prices)
+            print(f"\nlocal model job: {args.local_tasks} × regression × 1, {load()}", flush=True)
+            est, calibrated, response, wall = await run(
+                local, "local", model, job_spec, sandbox, prices, estimate_after=True, observed=observed
             )
             results["local, estimated before the model loaded"] = compare(
                 "local model, estimated before it loaded", before, response, wall
             )
             results["local, estimated by its tokenizer"] = compare(
                 "local model, estimated by llama.cpp's tokenizer", est, response, wall
+            )
+            assert calibrated is not None
+            results["local, calibrated"] = compare(
+                "local model, llama.cpp's tokenizer, calibrated by the earlier job",
+                calibrated,
+                response,
+                wall,
             )
             await local.aclose()
     finally:

@@ -11,8 +11,8 @@ from service.api.problems import problems
 from service.runtime import Runtime
 from service.stages.estimate import estimate_job
 from service.stages.spec import resolve_spec
-from service.wire.estimate import Estimate
-from service.wire.generate import Spec
+from service.wire.estimate import Estimate, EstimateRequest
+from service.wire.generate import Counts, Spec
 
 __all__ = ["estimate_spec", "routes"]
 
@@ -24,7 +24,9 @@ __all__ = ["estimate_spec", "routes"]
         "Takes the spec of `/v1/generate` (checked the same way) and renders the prompts the job would "
         "send, without calling a model: calls, input, cached and output tokens and cost in US dollars per "
         "step and in total, each as a low / expected / high range, and whether each step's shared prompt "
-        "prefix is long enough for the provider's prompt cache."
+        "prefix is long enough for the provider's prompt cache. With `observed`, the `counts` of an "
+        "earlier job on the same model, the expected calls and tokens of the tasks it ran follow what "
+        "that job really took."
     ),
     tags=["generate"],
     opt={"scope": "generate"},
@@ -34,11 +36,11 @@ __all__ = ["estimate_spec", "routes"]
         **problems(),
     },
 )
-async def estimate(data: JSONBody[Spec], runtime: NamedDependency[Runtime]) -> Estimate:
-    return await estimate_spec(data, runtime)
+async def estimate(data: JSONBody[EstimateRequest], runtime: NamedDependency[Runtime]) -> Estimate:
+    return await estimate_spec(data, runtime, observed=data.observed)
 
 
-async def estimate_spec(data: Spec, runtime: Runtime) -> Estimate:
+async def estimate_spec(data: Spec, runtime: Runtime, *, observed: Counts | None = None) -> Estimate:
     """The route's work, shared with `python -m service estimate`."""
     job = resolve_spec(data)
     name = data.model.provider or runtime.providers.default_name
@@ -56,6 +58,7 @@ async def estimate_spec(data: Spec, runtime: Runtime) -> Estimate:
         prices=runtime.prices,
         price_taken="request" if data.pricing is not None else runtime.prices.taken,
         provider=provider,
+        observed=observed,
     )
 
 

@@ -2,7 +2,8 @@
 
 The same work as POST /v1/estimate (the spec checked the same way, the job's real prompts counted),
 printed as a table per step, or as the route's JSON with `--json`. Nothing is sent to a model;
-the provider's own token counter is asked when it is configured and reachable.
+the provider's own token counter is asked when it is configured and reachable. `--observed` takes
+an earlier job's result (a /v1/generate response, its stream's `done` line, or its `counts`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ from service.providers.registry import ProviderRegistry
 from service.runtime import Runtime
 from service.settings import Settings
 from service.wire.estimate import Estimate, Span
-from service.wire.generate import Spec
+from service.wire.generate import Counts, Spec
 
-__all__ = ["register", "render", "run"]
+__all__ = ["load_observed", "register", "render", "run"]
+
+
+def load_observed(data: bytes) -> Counts:
+    """The counts in an earlier job's result: a whole response or `done` event, or the counts alone."""
+    value = msgspec.json.decode(data)
+    if isinstance(value, dict) and isinstance(value.get("counts"), dict):
+        value = value["counts"]
+    return msgspec.convert(value, Counts)
 
 
 def _span(s: Span) -> str:
@@ -60,6 +69,7 @@ def render(e: Estimate) -> str:
         lines.append(f"a pair: ${p.low:.5f} / ${p.expected:.5f} / ${p.high:.5f}")
     lines.append("")
     lines += [f"cache {n.task}/{n.step}: {n.detail}" for n in e.cache]
+    lines += [f"observed {task}: {note}" for task, note in e.calibration.items()]
     return "\n".join(lines)
 
 
@@ -71,12 +81,19 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         print(f"qasynth estimate: {args.spec}: {exc}", file=sys.stderr)
         return 1
+    observed = None
+    if args.observed:
+        try:
+            observed = load_observed(Path(args.observed).read_bytes())
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            print(f"qasynth estimate: {args.observed}: {exc}", file=sys.stderr)
+            return 1
     settings = Settings.from_env()
     runtime = Runtime(settings=settings, providers=ProviderRegistry(settings))
 
     async def go() -> Estimate:
         try:
-            return await estimate_spec(spec, runtime)
+            return await estimate_spec(spec, runtime, observed=observed)
         finally:
             await runtime.aclose()
 
@@ -97,4 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("estimate", help="the calls, tokens and cost a spec would take (no model called)")
     parser.add_argument("spec", help="a /v1/generate spec as a JSON file")
     parser.add_argument("--json", action="store_true", help="print the /v1/estimate JSON instead of a table")
+    parser.add_argument(
+        "--observed",
+        metavar="RESULT.json",
+        help="an earlier job's result on the same model: its calls and reply lengths replace the built-in rates",
+    )
     parser.set_defaults(func=run)

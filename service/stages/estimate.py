@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from evaluator import extract_code
 from service.pricing import PriceTable, cost_of, round_usd
@@ -47,9 +47,10 @@ from service.stages.tokens import Counting, count, encoding_for, framing_tokens,
 from service.wire.base import Usage
 from service.wire.estimate import CacheNote, CostSpan, Estimate, EstimateStep, Span, StepName
 from service.wire.evaluate import Evaluation, Quality
+from service.wire.generate import Cell, CellCount, Counts
 from service.wire.pricing import ModelPrice
 
-__all__ = ["SCENARIOS", "cache_notes", "estimate_job"]
+__all__ = ["SCENARIOS", "Calibration", "cache_notes", "estimate_job"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,23 @@ SCENARIOS = {
     "high": Scenario(question_drop=0.40, answer_drop=0.15, retry=0.25, repair=1.0, output=1.8),
 }
 NAMES = ("low", "expected", "high")
+# The scenario an earlier job's counts give a task (`Calibration`); it stands for `expected`.
+OBSERVED = "observed"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One task as an earlier job of the same model ran it. `calls`: its calls other than repairs
+    against the low scenario's (every reply usable and kept); `repairs`: repair calls per requested
+    item; `input`, `output`: its tokens against what the estimate models for those same calls."""
+
+    items: int
+    calls: float
+    repairs: float
+    input: float = 1.0
+    output: float = 1.0
+
+
 STEP_ORDER: tuple[StepName, ...] = ("snippet", "bug", "question", "code_question", "answer", "repair")
 # What running an example's code prints, and what a failing one says: the stand-ins for real runs.
 _RUN = Evaluation(verdict="passed", flagged=False, stdout="[1] 42.17\n[1] 3.86\n")
@@ -150,8 +168,11 @@ def _budget(job: Job, task: ResolvedTask, count_: int) -> int:
     return BUDGET_FACTOR * calls_needed(task.kind, count_, job.spec.model.questions_per_call)
 
 
-def _cell_calls(job: Job, task: ResolvedTask, n: int) -> dict[StepName, dict[str, float]]:
-    """Calls per step of one cell of `n` items, per scenario, within the cell's budget."""
+def _cell_calls(
+    job: Job, task: ResolvedTask, n: int, calibration: Calibration | None = None
+) -> dict[StepName, dict[str, float]]:
+    """Calls per step of one cell of `n` items, per scenario (and as observed, when the task has a
+    calibration), within the cell's budget."""
     qpc = job.spec.model.questions_per_call
     attempts = job.spec.evaluation.repair_attempts
     budget = _budget(job, task, n)
@@ -171,11 +192,21 @@ def _cell_calls(job: Job, task: ResolvedTask, n: int) -> dict[StepName, dict[str
             steps["question"] = math.ceil(started / qpc) * r if n else 0.0
         steps["answer"] = answered * r
         steps["repair"] = answered * s.repair * attempts
-        total = sum(steps.values())
-        scale = min(1.0, budget / total) if total else 1.0
-        for step, calls in steps.items():
-            out[step][name] = calls * scale
+        _within(out, name, steps, budget)
+    if calibration is not None:
+        steps = {step: calls["low"] * calibration.calls for step, calls in out.items() if step != "repair"}
+        steps["repair"] = n * calibration.repairs
+        _within(out, OBSERVED, steps, budget)
     return out
+
+
+def _within(
+    out: dict[StepName, dict[str, float]], name: str, steps: dict[StepName, float], budget: int
+) -> None:
+    total = sum(steps.values())
+    scale = min(1.0, budget / total) if total else 1.0
+    for step, calls in steps.items():
+        out[step][name] = calls * scale
 
 
 def _mean_avoid_tokens(base: int, one: int, per_item: int, calls: float, per_call: int) -> float:
@@ -195,8 +226,15 @@ def _theme_uses(template: Template) -> tuple[int, int]:
     return names.count("theme_id"), names.count("theme_description")
 
 
-def _plan(job: Job, provider: str, counter: _Counter, templates: dict[str, Template]) -> list[_StepCalls]:
-    """Every (cell, step) of the job with its calls and tokens.
+def _plan(
+    job: Job,
+    provider: str,
+    counter: _Counter,
+    templates: dict[str, Template],
+    calibrations: dict[str, Calibration] | None = None,
+    cells: tuple[Cell, ...] | None = None,
+) -> list[_StepCalls]:
+    """Every (cell, step) of the job (or of `cells`, in its tasks and themes) with its calls and tokens.
 
     Each task's requests are rendered and counted with the theme of its first cell; a cell of another
     theme differs only where the user turns name the theme, so its count is that one's plus the
@@ -205,7 +243,8 @@ def _plan(job: Job, provider: str, counter: _Counter, templates: dict[str, Templ
     max_tokens = job.spec.model.max_tokens
     qpc = job.spec.model.questions_per_call
     rendered: dict[str, tuple[ResolvedTheme, dict[StepName, list[int]], dict[StepName, int]]] = {}
-    for cell in job.cells:
+    calibrations = calibrations or {}
+    for cell in job.cells if cells is None else cells:
         if cell.count == 0:
             continue
         task, theme = job.tasks[cell.task], job.themes[cell.theme]
@@ -216,7 +255,7 @@ def _plan(job: Job, provider: str, counter: _Counter, templates: dict[str, Templ
             prefixes = {step: counter.prefix(rs[0]) for step, rs in requests.items()}
             rendered[task.id] = (theme, counts, prefixes)
         first, counts, prefixes = rendered[task.id]
-        calls = _cell_calls(job, task, cell.count)
+        calls = _cell_calls(job, task, cell.count, calibrations.get(task.id))
         for step, per_scenario in calls.items():
             uses_id, uses_description = _theme_uses(templates[step])
             shift = uses_id * (counter.text(theme.id) - counter.text(first.id)) + uses_description * (
@@ -227,11 +266,11 @@ def _plan(job: Job, provider: str, counter: _Counter, templates: dict[str, Templ
                 base, one, two = variants
                 per_call = qpc if step == "question" else 1
                 inputs = {
-                    name: _mean_avoid_tokens(base, one, two - one, per_scenario[name], per_call)
-                    for name in NAMES
+                    name: _mean_avoid_tokens(base, one, two - one, calls_, per_call)
+                    for name, calls_ in per_scenario.items()
                 }
             else:
-                inputs = dict.fromkeys(NAMES, float(variants[0]))
+                inputs = dict.fromkeys(per_scenario, float(variants[0]))
             if step == "question":
                 output = qpc * (counter.text(question) + _QUESTION_HEADING_TOKENS)
             elif step in ("snippet", "bug"):
@@ -388,9 +427,11 @@ async def estimate_job(
     prices: PriceTable,
     price_taken: str | None,
     provider: Provider | None = None,
+    observed: Counts | None = None,
 ) -> Estimate:
     """The estimate of `job` on `provider_name`'s `model`; `provider`, when given and able to count
-    tokens (Anthropic's count_tokens, llama.cpp's tokenizer), calibrates the counts."""
+    tokens (Anthropic's count_tokens, llama.cpp's tokenizer), calibrates the counts, and `observed`
+    (an earlier job's counts) the calls and reply lengths of the tasks it ran."""
     templates = load_templates(job)
     encoding = encoding_for(provider_name, model)
     counter = _Counter(provider_name, encoding)
@@ -405,6 +446,21 @@ async def estimate_job(
             tokenizer = f"{encoding}, calibrated by the {provider_name} tokenizer (×{ratio:.3f})"
         else:
             tokenizer = f"{encoding} (an approximation: the {provider_name} tokenizer was not reachable)"
+    calibrations: dict[str, Calibration] = {}
+    calibration: dict[str, str] = {}
+    if observed is not None:
+        calibrations, calibration = await asyncio.to_thread(
+            _calibrate, job, observed, provider_name, counter, templates, ratio
+        )
+        if calibrations:
+            plans = await asyncio.to_thread(
+                _plan,
+                job,
+                provider_name,
+                counter,
+                templates,  # type: ignore[arg-type]
+                calibrations,
+            )
     minimum = _cache_minimum(provider_name, price)
     by_step: dict[StepName, dict[str, dict[str, float]]] = {}
     started: set[tuple[str, StepName]] = set()
@@ -415,14 +471,20 @@ async def estimate_job(
         first = p.cache_group not in started
         started.add(p.cache_group)
         acc = by_step.setdefault(p.step, {k: dict.fromkeys(NAMES, 0.0) for k in _KEYS})
+        values = {
+            name: _tokens(p, name, SCENARIOS[name].output, 1.0, ratio, max_tokens, read, write, first)
+            for name in NAMES
+        }
+        cal = calibrations.get(p.cache_group[0])
+        if cal is not None and OBSERVED in p.calls:
+            # What the task really took stands for `expected`; the range grows to hold it.
+            seen = _tokens(p, OBSERVED, cal.output, cal.input, ratio, max_tokens, read, write, first)
+            values["expected"] = seen
+            values["low"] = {k: min(v, seen[k]) for k, v in values["low"].items()}
+            values["high"] = {k: max(v, seen[k]) for k, v in values["high"].items()}
         for name in NAMES:
-            calls = p.calls[name]
-            reply = min(max_tokens, p.output_per_call * SCENARIOS[name].output * ratio)
-            acc["calls"][name] += calls
-            acc["input"][name] += calls * p.input_per_call[name] * ratio
-            acc["output"][name] += calls * reply
-            acc["cached"][name] += max(0.0, calls - first) * read
-            acc["write"][name] += write if first else 0.0
+            for key in _KEYS:
+                acc[key][name] += values[name][key]
     steps = []
     totals = {k: dict.fromkeys(NAMES, 0.0) for k in _KEYS}
     for step in STEP_ORDER:
@@ -456,7 +518,86 @@ async def estimate_job(
         price_taken=price_taken if price is not None else None,
         cache=_notes(plans, provider_name, model, minimum),
         assumptions=_assumptions(job),
+        calibration=calibration,
     )
+
+
+def _tokens(
+    p: _StepCalls,
+    name: str,
+    output: float,
+    input_: float,
+    ratio: float,
+    max_tokens: int,
+    read: int,
+    write: int,
+    first: bool,
+) -> dict[str, float]:
+    """One (cell, step) under one scenario: replies `output` times the modelled length, prompts
+    `input_` times the rendered ones."""
+    calls = p.calls[name]
+    reply = min(max_tokens, p.output_per_call * output * ratio)
+    return {
+        "calls": calls,
+        "input": calls * p.input_per_call[name] * ratio * input_,
+        "output": calls * reply,
+        "cached": max(0.0, calls - first) * read,
+        "write": write if first else 0.0,
+    }
+
+
+def _calibrate(
+    job: Job,
+    observed: Counts,
+    provider: str,
+    counter: _Counter,
+    templates: dict[str, Template],
+    ratio: float,
+) -> tuple[dict[str, Calibration], dict[str, str]]:
+    """Per task of `job` that the earlier job ran: how its calls and tokens compare with what this
+    estimate models for the same cells (so the same job, estimated with its own counts, comes out
+    as it ran). A cell of a theme this spec does not have is modelled with the spec's first theme."""
+    max_tokens = job.spec.model.max_tokens
+    first_theme = next(iter(job.themes))
+    by_task: dict[str, list[CellCount]] = defaultdict(list)
+    for c in observed.cells:
+        if c.task in job.tasks and c.requested > 0 and c.calls > 0:
+            by_task[c.task].append(c)
+    calibrations: dict[str, Calibration] = {}
+    notes: dict[str, str] = {}
+    for task_id, cells in by_task.items():
+        task = job.tasks[task_id]
+        shape = tuple(
+            Cell(task=task_id, theme=c.theme if c.theme in job.themes else first_theme, count=c.requested)
+            for c in cells
+        )
+        low = sum(
+            calls["low"]
+            for cell in shape
+            for step, calls in _cell_calls(job, task, cell.count).items()
+            if step != "repair"
+        )
+        made = sum(c.calls for c in cells)
+        repairs = sum(c.repair_calls for c in cells)
+        items = sum(c.requested for c in cells)
+        cal = Calibration(items=items, calls=(made - repairs) / low if low else 1.0, repairs=repairs / items)
+        plans = _plan(job, provider, counter, templates, {task_id: cal}, shape)  # type: ignore[arg-type]
+        modelled_in = sum(p.calls[OBSERVED] * p.input_per_call[OBSERVED] for p in plans) * ratio
+        modelled_out = sum(p.calls[OBSERVED] * min(max_tokens, p.output_per_call * ratio) for p in plans)
+        used_in = sum(c.usage.input_tokens for c in cells)
+        used_out = sum(c.usage.output_tokens for c in cells)
+        cal = replace(
+            cal,
+            input=used_in / modelled_in if used_in and modelled_in else 1.0,
+            output=used_out / modelled_out if used_out and modelled_out else 1.0,
+        )
+        calibrations[task_id] = cal
+        notes[task_id] = (
+            f"{items} items in {len(cells)} earlier cells: {made} calls ({repairs} repairs), "
+            f"{cal.calls:.2f}× the calls of the low scenario; prompts {cal.input:.2f}× and replies "
+            f"{cal.output:.2f}× this estimate's own"
+        )
+    return calibrations, notes
 
 
 def _samples(job: Job, templates: dict[str, Template]) -> list[CompletionRequest]:

@@ -5,11 +5,21 @@ from __future__ import annotations
 from typing import Literal
 
 from service.wire.base import Base
+from service.wire.generate import Counts, Spec
 from service.wire.pricing import ModelPrice
 
-__all__ = ["CacheNote", "CostSpan", "Estimate", "EstimateStep", "Span", "StepName"]
+__all__ = ["CacheNote", "CostSpan", "Estimate", "EstimateRequest", "EstimateStep", "Span", "StepName"]
 
 StepName = Literal["question", "snippet", "bug", "code_question", "answer", "repair"]
+
+
+class EstimateRequest(Spec):
+    """A /v1/generate spec, and optionally `observed`: the `counts` of an earlier job on the same
+    model (from its response, its stream's `done` event or its report). Its cells tell how many calls
+    an item of each task really took and how long the model's replies really were; the `expected`
+    figures of those tasks then follow them instead of the built-in rates and the examples' lengths."""
+
+    observed: Counts | None = None
 
 
 class Span(Base):
@@ -78,3 +88,5 @@ class Estimate(Base):
     price_taken: str | None = None
     cache: list[CacheNote] = []
     assumptions: dict[str, str] = {}
+    # Per task, what `observed` gave: calls, input and output tokens against the estimate's own model.
+    calibration: dict[str, str] = {}

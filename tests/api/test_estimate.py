@@ -9,7 +9,7 @@ from litestar.testing import AsyncTestClient
 from service.app import create_app
 from tests.api.test_generate import LONG_CONVENTIONS, grid_spec
 from tests.conftest import settings_for
-from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.llm_server import FakeLLMServer, default_reply, step_of
 
 
 def one_call_spec(**overrides: Any) -> dict[str, Any]:
@@ -146,3 +146,51 @@ async def test_unknown_models_have_no_price_and_a_requests_pricing_is_used(llm_s
     # The embedded model costs nothing; unloaded, it is counted by o200k_base and says so.
     assert local["cost_usd"] == {"low": 0.0, "expected": 0.0, "high": 0.0}
     assert "approximation" in local["tokenizer"]
+
+
+def answer_twice_as_long(system: str, user: str) -> str:
+    """The model's replies: usable, and answers about twice the length of the built-in example's."""
+    reply = default_reply(system, user)
+    return reply if step_of(system, user) != "answer" else f"{reply}\n\n{reply}"
+
+
+async def test_an_earlier_jobs_counts_calibrate_calls_and_reply_lengths() -> None:
+    """A job estimated with its own counts comes out as it ran; a smaller one of the same model
+    calibrates a larger one."""
+    small = grid_spec(
+        tasks=[{"id": "explain"}, {"id": "generate"}],
+        themes=[{"id": "regression"}],
+        per_cell=2,
+        model={"provider": "openai", "name": "gpt-4o-mini", "questions_per_call": 2},
+    )
+    large = {**small, "themes": [{"id": "regression"}, {"id": "mean-variance"}], "per_cell": 4}
+    keys = ("calls", "input_tokens", "output_tokens")
+    with FakeLLMServer(reply=answer_twice_as_long) as server:
+        async with AsyncTestClient(create_app(settings_for(server))) as client:
+            ran = (await client.post("/v1/generate", json=small)).json()
+            plain = (await client.post("/v1/estimate", json=small)).json()
+            again = await client.post("/v1/estimate", json={**small, "observed": ran["counts"]})
+            assert again.status_code == 200, again.text
+            itself = again.json()
+            ahead = (await client.post("/v1/estimate", json={**large, "observed": ran["counts"]})).json()
+            big = (await client.post("/v1/generate", json=large)).json()
+    actual = {"calls": ran["counts"]["calls"], **{k: ran["usage"][k] for k in keys[1:]}}
+    for key in keys:
+        assert abs(itself[key]["expected"] - actual[key]) <= 2, (key, itself[key], actual[key])
+        assert itself[key]["low"] <= itself[key]["expected"] <= itself[key]["high"]
+    # Without it, the answers' length is the example's: half of what this model writes.
+    assert plain["output_tokens"]["expected"] < 0.8 * actual["output_tokens"]
+    assert set(itself["calibration"]) == {"explain", "generate"}
+    assert "replies" in itself["calibration"]["generate"]
+    # Twice the cells, twice the items each: the calibrated figures within a tenth of the real ones.
+    real = {"calls": big["counts"]["calls"], **{k: big["usage"][k] for k in keys[1:]}}
+    for key in keys:
+        assert abs(ahead[key]["expected"] / real[key] - 1) < 0.1, (key, ahead[key], real[key])
+
+
+async def test_observed_counts_are_checked_like_the_rest_of_the_body(llm_server: FakeLLMServer) -> None:
+    async with AsyncTestClient(create_app(settings_for(llm_server))) as client:
+        response = await client.post("/v1/estimate", json={**one_call_spec(), "observed": {"cells": "x"}})
+        generate = await client.post("/v1/generate", json={**one_call_spec(), "observed": {}})
+    assert response.status_code == 400 and response.json()["field"] == "observed.cells"
+    assert generate.status_code == 400 and "observed" in generate.json()["detail"]
