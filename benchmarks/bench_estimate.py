@@ -7,14 +7,14 @@ within ±25 %), and whether the real figures fall inside the low–high range. T
 - the fake OpenAI and Anthropic servers (`tests/fakes/llm_server.py`, real SDKs over loopback), the
   built-in grid (3 tasks × 2 themes × 3 pairs) with the built-in prompts and with conventions long
   enough to be cached, with R evaluation on; the share of prompt tokens served from cache is printed;
-- the embedded local model (Qwen2.5-Coder-1.5B, llama.cpp), 3 tasks × 1 theme × 1 pair, evaluation on,
+- the embedded local model (Qwen2.5-Coder-1.5B, llama.cpp), 3 tasks × 2 themes × 2 pairs, evaluation on,
   estimated before the model is loaded (o200k_base) and again once it is (llama.cpp's own tokenizer).
 
-Each job is also estimated with `observed`: the counts of a smaller job of the same model run first
-(fakes: 1 pair of each task on one theme; local: the same 3 tasks on another theme), as a user
-would calibrate before a large run; those rows are marked "calibrated".
+Each job is also estimated with `observed`: the counts of an earlier job of the same model, run
+first (fakes: a smaller one, 1 pair of each task on one theme; local: the same tasks and count on two
+other themes), as a user would calibrate before a large run; those rows are marked "calibrated".
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_estimate.py            # fakes and the local model
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_estimate.py            # both (half an hour)
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_estimate.py --no-local # fakes only (a minute)
 """
 
@@ -85,6 +85,8 @@ def compare(name: str, estimate: Estimate, response: GenerateResponse, wall_s: f
         f"\n== {name}: {len(response.pairs)} of {response.counts.requested} pairs, {wall_s:.0f} s, {load()}"
     )
     print(f"   tokenizer: {estimate.tokenizer}")
+    for task, note in estimate.calibration.items():
+        print(f"   calibrated {task}: {note}")
     print(f"   {'':20s} {'low':>9s} {'expected':>9s} {'high':>9s} {'actual':>9s}  expected/actual  in range")
     for key, actual in real.items():
         span = getattr(estimate, key)
@@ -191,6 +193,12 @@ async def main() -> int:
     parser.add_argument("--no-local", action="store_true", help="leave the embedded model out")
     parser.add_argument("--no-fakes", action="store_true", help="only the embedded model")
     parser.add_argument("--local-tasks", nargs="+", default=["explain", "fix", "generate"])
+    parser.add_argument("--local-themes", nargs="+", default=["regression", "hypothesis-tests"])
+    parser.add_argument(
+        "--local-calibration-themes", nargs="+", default=["mean-variance", "distributions"],
+        help="the themes of the smaller job run first, whose counts calibrate the estimate",
+    )  # fmt: skip
+    parser.add_argument("--local-per-cell", type=int, default=2)
     args = parser.parse_args()
     print(f"start: {load()}", flush=True)
     prices = PriceTable.load()
@@ -232,14 +240,14 @@ async def main() -> int:
             settings = Settings.from_env()
             local = LocalProvider.from_settings(settings)
             model = local.default_model
-            job_spec = spec("local", model, tasks=args.local_tasks,
-                            themes=["regression"], per_cell=1, long=False)  # fmt: skip
+            job_spec = spec("local", model, tasks=args.local_tasks, themes=args.local_themes,
+                            per_cell=args.local_per_cell, long=False)  # fmt: skip
             before = await estimate(local, "local", model, job_spec, prices)
-            small = spec(
-                "local", model, tasks=args.local_tasks, themes=["mean-variance"], per_cell=1, long=False
-            )
+            small = spec("local", model, tasks=args.local_tasks, themes=args.local_calibration_themes,
+                         per_cell=args.local_per_cell, long=False)  # fmt: skip
             observed = await calibration_job(local, model, small, sandbox, prices)
-            print(f"\nlocal model job: {args.local_tasks} × regression × 1, {load()}", flush=True)
+            print(f"\nlocal model job: {args.local_tasks} × {args.local_themes} × {args.local_per_cell}, "
+                  f"{load()}", flush=True)  # fmt: skip
             est, calibrated, response, wall = await run(
                 local, "local", model, job_spec, sandbox, prices, estimate_after=True, observed=observed
             )

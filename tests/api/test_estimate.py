@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from litestar.testing import AsyncTestClient
@@ -10,6 +15,8 @@ from service.app import create_app
 from tests.api.test_generate import LONG_CONVENTIONS, grid_spec
 from tests.conftest import settings_for
 from tests.fakes.llm_server import FakeLLMServer, default_reply, step_of
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def one_call_spec(**overrides: Any) -> dict[str, Any]:
@@ -194,3 +201,36 @@ async def test_observed_counts_are_checked_like_the_rest_of_the_body(llm_server:
         generate = await client.post("/v1/generate", json={**one_call_spec(), "observed": {}})
     assert response.status_code == 400 and response.json()["field"] == "observed.cells"
     assert generate.status_code == 400 and "observed" in generate.json()["detail"]
+
+
+async def test_the_command_line_reads_an_earlier_result_as_the_route_does(tmp_path: Path) -> None:
+    spec = grid_spec(
+        tasks=[{"id": "generate"}],
+        themes=[{"id": "regression"}],
+        per_cell=2,
+        model={"provider": "openai", "name": "gpt-4o-mini", "questions_per_call": 2},
+    )
+    with FakeLLMServer(reply=answer_twice_as_long) as server:
+        async with AsyncTestClient(create_app(settings_for(server))) as client:
+            ran = (await client.post("/v1/generate", json=spec)).json()
+            route = (await client.post("/v1/estimate", json={**spec, "observed": ran["counts"]})).json()
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "result.json").write_text(json.dumps(ran))
+    (tmp_path / "broken.json").write_text(json.dumps({"counts": {"cells": [{"task": "generate"}]}}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""}
+
+    def estimate(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "service", "estimate", str(tmp_path / "spec.json"), *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    done = estimate("--json", "--observed", str(tmp_path / "result.json"))
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert printed["calibration"] == route["calibration"] and "generate" in printed["calibration"]
+    assert printed["output_tokens"] == route["output_tokens"]
+    assert printed["output_tokens"]["expected"] == ran["usage"]["output_tokens"]
+    table = estimate("--observed", str(tmp_path / "result.json"))
+    assert table.returncode == 0 and "observed generate: 2 items in 1 earlier cells" in table.stdout
+    broken = estimate("--observed", str(tmp_path / "broken.json"))
+    assert broken.returncode == 1 and "broken.json" in broken.stderr
+    assert "missing required field `theme` - at `$.cells[0]`" in broken.stderr
