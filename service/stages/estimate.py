@@ -213,10 +213,13 @@ def _mean_avoid_tokens(base: int, one: int, per_item: int, calls: float, per_cal
     """Mean prompt tokens over a cell's calls whose avoid-list grows by `per_call` a call (at most
     `AVOID_MAX_ITEMS`): `base` with none, `one` with one item, `per_item` for each further."""
     n = max(1, math.ceil(calls))
+    # From call `growing` on, the list is full: those calls all cost the same.
+    growing = min(n, math.ceil(AVOID_MAX_ITEMS / per_call))
     total = 0
-    for j in range(n):
-        size = min(j * per_call, AVOID_MAX_ITEMS)
+    for j in range(growing):
+        size = j * per_call
         total += base if size == 0 else one + (size - 1) * per_item
+    total += (n - growing) * (one + (AVOID_MAX_ITEMS - 1) * per_item)
     return total / n
 
 
@@ -578,7 +581,7 @@ def _calibrate(
             if step != "repair"
         )
         made = sum(c.calls for c in cells)
-        repairs = sum(c.repair_calls for c in cells)
+        repairs = min(made, sum(max(0, c.repair_calls) for c in cells))
         items = sum(c.requested for c in cells)
         cal = Calibration(items=items, calls=(made - repairs) / low if low else 1.0, repairs=repairs / items)
         plans = _plan(job, provider, counter, templates, {task_id: cal}, shape)  # type: ignore[arg-type]
@@ -588,8 +591,8 @@ def _calibrate(
         used_out = sum(c.usage.output_tokens for c in cells)
         cal = replace(
             cal,
-            input=used_in / modelled_in if used_in and modelled_in else 1.0,
-            output=used_out / modelled_out if used_out and modelled_out else 1.0,
+            input=used_in / modelled_in if used_in > 0 and modelled_in > 0 else 1.0,
+            output=used_out / modelled_out if used_out > 0 and modelled_out > 0 else 1.0,
         )
         calibrations[task_id] = cal
         notes[task_id] = (

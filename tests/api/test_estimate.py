@@ -234,3 +234,26 @@ async def test_the_command_line_reads_an_earlier_result_as_the_route_does(tmp_pa
     broken = estimate("--observed", str(tmp_path / "broken.json"))
     assert broken.returncode == 1 and "broken.json" in broken.stderr
     assert "missing required field `theme` - at `$.cells[0]`" in broken.stderr
+
+
+async def test_outlandish_observed_counts_give_an_answer_not_a_hang(llm_server: FakeLLMServer) -> None:
+    huge = {
+        "task": "generate",
+        "theme": "no-such-theme",
+        "requested": 10**15,
+        "calls": 10**16,
+        "repair_calls": -5,
+        "usage": {"input_tokens": -1, "output_tokens": 10**18},
+    }
+    unknown = {"task": "no-such-task", "theme": "regression", "requested": 3, "calls": 9}
+    async with AsyncTestClient(create_app(settings_for(llm_server)), timeout=30) as client:
+        response = await client.post(
+            "/v1/estimate", json={**one_call_spec(), "observed": {"cells": [huge, unknown]}}
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert list(body["calibration"]) == ["generate"]  # the unknown task is left out
+    assert "0 repairs" in body["calibration"]["generate"]
+    # Negative tokens calibrate nothing; the rest is large and finite.
+    assert body["input_tokens"]["low"] <= body["input_tokens"]["expected"] <= body["input_tokens"]["high"]
+    assert body["output_tokens"]["expected"] > 0 and body["calls"]["expected"] >= 1
