@@ -11,8 +11,8 @@ within ±25 %), and whether the real figures fall inside the low–high range. T
   estimated before the model is loaded (o200k_base) and again once it is (llama.cpp's own tokenizer).
 
 Each job is also estimated with `observed`: the counts of an earlier job of the same model, run
-first (fakes: a smaller one, 1 pair of each task on one theme; local: the same tasks and count on two
-other themes), as a user would calibrate before a large run; those rows are marked "calibrated".
+first (fakes: 1 pair of each task on one of the themes; local: 1 pair of each cell of the same grid),
+as a user would calibrate before a large run; those rows are marked "calibrated".
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_estimate.py            # both (half an hour)
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_estimate.py --no-local # fakes only (a minute)
@@ -194,11 +194,12 @@ async def main() -> int:
     parser.add_argument("--no-fakes", action="store_true", help="only the embedded model")
     parser.add_argument("--local-tasks", nargs="+", default=["explain", "fix", "generate"])
     parser.add_argument("--local-themes", nargs="+", default=["regression", "hypothesis-tests"])
-    parser.add_argument(
-        "--local-calibration-themes", nargs="+", default=["mean-variance", "distributions"],
-        help="the themes of the smaller job run first, whose counts calibrate the estimate",
-    )  # fmt: skip
     parser.add_argument("--local-per-cell", type=int, default=2)
+    parser.add_argument(
+        "--local-calibration-themes", nargs="+",
+        help="the themes of the job run first, whose counts calibrate the estimate (default: the same)",
+    )  # fmt: skip
+    parser.add_argument("--local-calibration-per-cell", type=int, default=1)
     args = parser.parse_args()
     print(f"start: {load()}", flush=True)
     prices = PriceTable.load()
@@ -243,8 +244,9 @@ async def main() -> int:
             job_spec = spec("local", model, tasks=args.local_tasks, themes=args.local_themes,
                             per_cell=args.local_per_cell, long=False)  # fmt: skip
             before = await estimate(local, "local", model, job_spec, prices)
-            small = spec("local", model, tasks=args.local_tasks, themes=args.local_calibration_themes,
-                         per_cell=args.local_per_cell, long=False)  # fmt: skip
+            small = spec("local", model, tasks=args.local_tasks,
+                         themes=args.local_calibration_themes or args.local_themes,
+                         per_cell=args.local_calibration_per_cell, long=False)  # fmt: skip
             observed = await calibration_job(local, model, small, sandbox, prices)
             print(f"\nlocal model job: {args.local_tasks} × {args.local_themes} × {args.local_per_cell}, "
                   f"{load()}", flush=True)  # fmt: skip
