@@ -260,6 +260,11 @@ async def main() -> int:
                 "local model, estimated by llama.cpp's tokenizer", est, response, wall
             )
             assert calibrated is not None
+            # The counts both ways, so the estimates can be made again without running the model.
+            results["local, counts of the calibration job"] = msgspec.to_builtins(observed)
+            results["local, counts and usage of the job"] = msgspec.to_builtins(
+                {"counts": response.counts, "usage": response.usage}
+            )
             results["local, calibrated"] = compare(
                 "local model, llama.cpp's tokenizer, calibrated by the earlier job",
                 calibrated,

@@ -275,7 +275,9 @@ def _plan(
             else:
                 inputs = dict.fromkeys(per_scenario, float(variants[0]))
             if step == "question":
-                output = qpc * (counter.text(question) + _QUESTION_HEADING_TOKENS)
+                # A cell asks each call for what it still misses: all of a small cell's items at once.
+                per_reply = cell.count / math.ceil(cell.count / qpc)
+                output = per_reply * (counter.text(question) + _QUESTION_HEADING_TOKENS)
             elif step in ("snippet", "bug"):
                 output = counter.text(f"```r\n{code.strip()}\n```")
             elif step == "code_question":
