@@ -440,7 +440,6 @@ async def estimate_job(
     templates = load_templates(job)
     encoding = encoding_for(provider_name, model)
     counter = _Counter(provider_name, encoding)
-    plans = await asyncio.to_thread(_plan, job, provider_name, counter, templates)  # type: ignore[arg-type]
     tokenizer = encoding
     ratio = 1.0
     if provider_name != "openai":
@@ -457,15 +456,14 @@ async def estimate_job(
         calibrations, calibration = await asyncio.to_thread(
             _calibrate, job, observed, provider_name, counter, templates, ratio
         )
-        if calibrations:
-            plans = await asyncio.to_thread(
-                _plan,
-                job,
-                provider_name,
-                counter,
-                templates,  # type: ignore[arg-type]
-                calibrations,
-            )
+    plans = await asyncio.to_thread(
+        _plan,
+        job,
+        provider_name,
+        counter,
+        templates,  # type: ignore[arg-type]
+        calibrations,
+    )
     minimum = _cache_minimum(provider_name, price)
     by_step: dict[StepName, dict[str, dict[str, float]]] = {}
     started: set[tuple[str, StepName]] = set()
