@@ -77,6 +77,13 @@ class PriceTable:
             return _complete(override)
         return self.lookup(provider, model)
 
+    def quote(
+        self, provider: str, model: str, override: ModelPrice | None
+    ) -> tuple[ModelPrice | None, str | None]:
+        """A job's price and where it was taken ("request" for a spec's own `pricing`, else the
+        table's date): one answer for every way a job is run."""
+        return self.price_for(provider, model, override), "request" if override is not None else self.taken
+
 
 def _read(path: Path) -> _File:
     try:

@@ -94,6 +94,9 @@ async def _go_on(
     evaluate = await _sandbox(job.spec, runtime, caller)
     spec = job.spec
     last_round = len(batches) >= runtime.settings.batch_max_rounds
+    price, taken = runtime.prices.quote(
+        provider.name, spec.model.name or provider.default_model, spec.pricing
+    )
     response, pending = await until_disconnect(
         request,
         replay(
@@ -103,10 +106,8 @@ async def _go_on(
             evaluate=evaluate,
             retries=runtime.settings.content_retries,
             last_round=last_round,
-            price=runtime.prices.price_for(
-                provider.name, spec.model.name or provider.default_model, spec.pricing
-            ),
-            price_taken="request" if spec.pricing is not None else runtime.prices.taken,
+            price=price,
+            price_taken=taken,
         ),
     )
     if not pending:

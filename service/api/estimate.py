@@ -49,14 +49,14 @@ async def estimate_spec(data: Spec, runtime: Runtime, *, observed: Counts | None
     model = data.model.name or (
         provider.default_model if provider is not None else runtime.default_model(name)
     )
-    price = runtime.prices.price_for(name, model, data.pricing)
+    price, taken = runtime.prices.quote(name, model, data.pricing)
     return await estimate_job(
         job,
         provider_name=name,
         model=model,
         price=price,
         prices=runtime.prices,
-        price_taken="request" if data.pricing is not None else runtime.prices.taken,
+        price_taken=taken,
         provider=provider,
         observed=observed,
     )

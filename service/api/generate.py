@@ -73,8 +73,7 @@ async def generate(
         evaluate = answer_evaluator(caller.runner(await runtime.runner()))
 
     model = data.model.name or provider.default_model
-    price = runtime.prices.price_for(provider.name, model, data.pricing)
-    taken = "request" if data.pricing is not None else runtime.prices.taken
+    price, taken = runtime.prices.quote(provider.name, model, data.pricing)
     events = run_job(
         job,
         provider,

@@ -44,11 +44,17 @@ async def job_events(
     evaluate: Sandbox | None = None
     if job.spec.evaluation.enabled:
         evaluate = answer_evaluator(await runtime.runner())
+    spec = job.spec
+    price, taken = runtime.prices.quote(
+        provider.name, spec.model.name or provider.default_model, spec.pricing
+    )
     events = run_job(
         job,
         provider,
         evaluate=evaluate,
         retries=runtime.settings.content_retries,
+        price=price,
+        price_taken=taken,
         history=history,
         decide=decide,
     )

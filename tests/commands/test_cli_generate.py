@@ -106,6 +106,33 @@ async def test_generate_file_gives_the_accounting_and_pairs_of_the_api(tmp_path:
     assert "18 of 18 pairs returned, 0 failed, 6 dropped and replaced" in done.stderr
 
 
+async def test_generate_file_prices_its_job_as_the_api_does(tmp_path: Path) -> None:
+    """The table's price, a dollar budget and the cost per pair: the same from the file command."""
+    spec = {
+        **SPEC,
+        "tasks": [{"id": "generate"}],
+        "themes": [{"id": "regression"}],
+        "model": {"provider": "openai", "name": "gpt-4o-mini", "questions_per_call": 3},
+        "budget": {"usd": 1.0},
+    }
+    with FakeLLMServer(reply=deterministic_reply) as server:
+        spec_path = tmp_path / "spec.json"
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        out = tmp_path / "pairs.jsonl"
+        done = generate(server, str(spec_path), "-o", str(out), "--summary", str(tmp_path / "summary.json"))
+        assert done.returncode == 0, done.stderr
+        async with AsyncTestClient(create_app(settings_for(server, sandbox="none"))) as client:
+            r = await client.post("/v1/generate", json=spec)
+        assert r.status_code == 200, r.text
+    api = r.json()["counts"]
+    counts = json.loads((tmp_path / "summary.json").read_text())["counts"]
+    assert api["price_taken"] == counts["price_taken"] == "2025-11-25"
+    assert counts["cost_usd"] == api["cost_usd"] > 0
+    assert counts["cost_per_returned_pair_usd"] == api["cost_per_returned_pair_usd"]
+    pairs = read_jsonl(out)
+    assert len(pairs) == 3 and all(p["provenance"]["answer"]["cost_usd"] > 0 for p in pairs)
+
+
 def test_failures_are_written_and_counted(tmp_path: Path) -> None:
     spec = {**SPEC, "tasks": [{"id": "generate"}], "budget": {"calls_per_cell": 3}}
     spec_path = tmp_path / "spec.json"
