@@ -506,11 +506,7 @@ async def estimate_job(
         requested=requested,
         tokenizer=tokenizer,
         steps=steps,
-        calls=_span(totals["calls"]),
-        input_tokens=_span(totals["input"]),
-        cached_tokens=_span(totals["cached"]),
-        cache_write_tokens=_span(totals["write"]),
-        output_tokens=_span(totals["output"]),
+        **_spans(totals),
         cost_usd=cost,
         cost_per_pair_usd=(
             CostSpan(**{n: round_usd(getattr(cost, n) / requested) for n in NAMES})
@@ -633,15 +629,18 @@ def _cost(acc: dict[str, dict[str, float]], price: ModelPrice | None, prices: Pr
 def _step(
     step: StepName, acc: dict[str, dict[str, float]], price: ModelPrice | None, prices: PriceTable
 ) -> EstimateStep:
-    return EstimateStep(
-        step=step,
-        calls=_span(acc["calls"]),
-        input_tokens=_span(acc["input"]),
-        cached_tokens=_span(acc["cached"]),
-        cache_write_tokens=_span(acc["write"]),
-        output_tokens=_span(acc["output"]),
-        cost_usd=_cost(acc, price, prices),
-    )
+    return EstimateStep(step=step, **_spans(acc), cost_usd=_cost(acc, price, prices))
+
+
+def _spans(acc: dict[str, dict[str, float]]) -> dict[str, Span]:
+    """The five counts of a step or of the whole job, as the wire names them."""
+    return {
+        "calls": _span(acc["calls"]),
+        "input_tokens": _span(acc["input"]),
+        "cached_tokens": _span(acc["cached"]),
+        "cache_write_tokens": _span(acc["write"]),
+        "output_tokens": _span(acc["output"]),
+    }
 
 
 def _assumptions(job: Job) -> dict[str, str]:
