@@ -84,13 +84,16 @@ class AnthropicProvider(SDKProvider):
 
     def _params(self, request: CompletionRequest) -> dict[str, Any]:
         """The messages request, the same for a direct call and a batch request's `params`."""
-        return {
+        params: dict[str, Any] = {
             "model": request.model or self.default_model,
             "system": [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}],
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "max_tokens": request.max_tokens,
             "temperature": min(request.temperature, 1.0),
         }
+        if request.stop:
+            params["stop_sequences"] = list(request.stop)
+        return params
 
     def _completion(self, response: Message, *, model: str, latency_ms: float) -> Completion:
         text = "".join(block.text for block in response.content if getattr(block, "type", None) == "text")

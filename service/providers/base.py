@@ -49,6 +49,8 @@ class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True):
     temperature: float = 0.8
     max_tokens: int = 1024
     seed: int | None = None
+    # Text that ends the reply where it appears (not included): every vendor supports up to four.
+    stop: tuple[str, ...] = ()
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True):

@@ -328,6 +328,8 @@ class LocalProvider:
         messages: list[Any] = [{"role": "system", "content": request.system}]
         messages += [{"role": m.role, "content": m.content} for m in request.messages]
         extra: dict[str, Any] = {} if request.seed is None else {"seed": request.seed}
+        if request.stop:
+            extra["stop"] = list(request.stop)
         started = time.perf_counter()
         try:
             response = await self._client.chat.completions.create(

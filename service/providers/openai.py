@@ -83,6 +83,8 @@ class OpenAIProvider(SDKProvider):
         }
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.stop:
+            body["stop"] = list(request.stop)
         return body
 
     def _completion(self, response: ChatCompletion, *, model: str, latency_ms: float) -> Completion:

@@ -267,7 +267,10 @@ def question_request(
     job: Job, template: Template, task: ResolvedTask, theme: ResolvedTheme, *, count: int, avoid: list[str]
 ) -> CompletionRequest:
     call = {"count": str(count), "avoid": _avoid_text(job, avoid)}
-    return _request(job, template, task, theme, call, job.spec.model.temperature)
+    request = _request(job, template, task, theme, call, job.spec.model.temperature)
+    # Small models write more questions than asked, and the answers after them: the heading of
+    # the first question too many ends the reply, so those tokens are neither waited for nor paid.
+    return msgspec.structs.replace(request, stop=(f"### Q{count + 1}",))
 
 
 def snippet_request(

@@ -447,6 +447,16 @@ def copy_of(question: str) -> Reply:
     return reply
 
 
+def _first_stop(text: str, stops: object) -> tuple[int, str] | None:
+    """Where the earliest stop sequence begins, and which: OpenAI takes a string or a list."""
+    if isinstance(stops, str):
+        stops = [stops]
+    if not isinstance(stops, list):
+        return None
+    hits = [(text.find(s), s) for s in stops if isinstance(s, str) and s and s in text]
+    return min(hits) if hits else None
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -533,6 +543,10 @@ class _Handler(BaseHTTPRequestHandler):
             text = ""
         else:
             text = owner.reply(system, user)
+        # A stop sequence ends the reply where it first appears, and is not part of the text.
+        stop_at = _first_stop(text, body.get("stop" if protocol == "openai" else "stop_sequences"))
+        if stop_at is not None:
+            text = text[: stop_at[0]]
         # The real APIs stop at max_tokens: the text is cut there, whatever it looked like.
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         reply = _encode(text)
@@ -540,6 +554,7 @@ class _Handler(BaseHTTPRequestHandler):
         if truncated:
             reply = reply[:limit]
             text = _encoding().decode_bytes(reply).decode("utf-8", errors="ignore")
+            stop_at = None
         out_tokens = len(reply)
         # A prompt is cached only once it is answered, as the real APIs do.
         if protocol == "openai":
@@ -574,8 +589,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "role": "assistant",
                 "model": model,
                 "content": [{"type": "text", "text": text}],
-                "stop_reason": "max_tokens" if truncated else "end_turn",
-                "stop_sequence": None,
+                "stop_reason": "max_tokens" if truncated else "stop_sequence" if stop_at else "end_turn",
+                "stop_sequence": stop_at[1] if stop_at else None,
                 "usage": {
                     "input_tokens": len(prompt) - read - written,
                     "output_tokens": out_tokens,

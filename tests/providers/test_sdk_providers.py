@@ -186,6 +186,22 @@ async def test_a_reply_cut_at_max_tokens_says_so_and_is_really_cut(vendor: str) 
     assert whole.usage.output_tokens == tokens_of(long_text)
 
 
+@VENDORS
+async def test_a_stop_sequence_ends_the_reply_before_it(vendor: str) -> None:
+    text = "### Q1\nHow do I get a mean?\n\n### Q2\nAnd a variance?\n### Q3\nA median?"
+    with FakeLLMServer(reply=lambda system, user: text) as server:
+        provider = make(server, vendor)
+        stopped = await provider.complete(
+            CompletionRequest(system="s", messages=REQUEST.messages, stop=("### Q3", "never there"))
+        )
+        await provider.aclose()
+    sent = server.calls[0].body["stop" if vendor == "openai" else "stop_sequences"]
+    assert sent == ["### Q3", "never there"]
+    assert stopped.text == text[: text.index("### Q3")] and not stopped.truncated
+    assert stopped.finish_reason == ("stop" if vendor == "openai" else "stop_sequence")
+    assert stopped.usage.output_tokens == tokens_of(stopped.text)
+
+
 async def test_the_limit_adapts_down_to_what_the_server_allows_and_every_call_succeeds() -> None:
     with FakeLLMServer(latency_s=0.05) as server:
         rule = server.faults.add(ConcurrencyLimit(3, service_s=0.05))
