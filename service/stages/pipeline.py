@@ -695,6 +695,7 @@ class _Run:
                 question=q.step,
                 answer=answer_step,
                 snippet=draft.snippet if draft is not None else None,
+                mended=draft.mended if draft is not None else [],
                 bug=draft.bug if draft is not None else None,
                 repairs=repairs,
                 calls=slot.calls,

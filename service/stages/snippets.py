@@ -37,7 +37,7 @@ from service.stages.prompts import (
     snippet_request,
 )
 from service.stages.quality import fences, parse_snippet, parse_tokens
-from service.stages.quality._rcode import Comment, Mutation
+from service.stages.quality._rcode import CodeFacts, Comment, Mutation
 from service.stages.spec import Job, ResolvedTask, ResolvedTheme
 from service.wire.evaluate import Evaluation
 from service.wire.generate import BugProvenance, DropReason, DropStage, StepProvenance
@@ -75,6 +75,7 @@ class CodeDraft(msgspec.Struct, frozen=True, kw_only=True):
     snippet: StepProvenance
     bug: BugProvenance | None
     question_step: StepProvenance
+    mended: list[str] = []
 
 
 class Skipped(msgspec.Struct, frozen=True, kw_only=True):
@@ -181,11 +182,31 @@ class _Steps(msgspec.Struct, frozen=True, kw_only=True):
         return await self.call(call_until_parsed(self.provider, request, parse, retries=self.retries))
 
 
-async def _code_facts(sandbox: Sandbox, code: str) -> tuple[list[Comment], list[Mutation], bool]:
-    """The comments and candidate bugs of `code`, from R's parser in the sandbox."""
+async def _code_facts(sandbox: Sandbox, code: str) -> CodeFacts:
+    """The comments, candidate bugs and mends of `code`, from R's parser in the sandbox."""
     snippet, marker = parse_snippet(code)
     result = await sandbox.run(snippet)
     return parse_tokens(result.stdout, marker)
+
+
+def _edited(code: str, edit: Mutation) -> str:
+    lines = code.split("\n")
+    if 0 < edit.line <= len(lines):
+        lines[edit.line - 1] = edit.new_line
+    return "\n".join(lines)
+
+
+async def _mended(sandbox: Sandbox, code: str) -> tuple[str, list[str]]:
+    """The script with the slips small models make most (`print("mean:", m)`) rewritten, and what was.
+
+    The script is the service's own material for a question, not an answer: making it say what it
+    meant loses nothing, where asking again would cost a call."""
+    facts = await _code_facts(sandbox, code)
+    done: list[str] = []
+    for edit in {m.line: m for m in reversed(facts.mends)}.values():
+        done.append(f"line {edit.line}: {edit.description}: {edit.new_line.strip()}")
+        code = _edited(code, edit)
+    return code, sorted(done)
 
 
 async def _unchecked_bug(s: _Steps, code: str) -> tuple[str, BugProvenance] | Skipped:
@@ -220,8 +241,8 @@ async def _plant_bug(
         tried.append(f"the model's bug: {exc.reason}")
     if call is not None:
         step = s.step(s.templates["bug"], call)
-        comments, _, _ = await _code_facts(s.sandbox, call.value)
-        broken = strip_hints(call.value, comments)
+        facts = await _code_facts(s.sandbox, call.value)
+        broken = strip_hints(call.value, facts.comments)
         if _normalised(broken) == _normalised(code):
             tried.append("the model's bug: it returned the script unchanged")
         else:
@@ -230,8 +251,9 @@ async def _plant_bug(
             if symptom is not None:
                 return broken, run, BugProvenance(source="model", symptom=symptom, step=step)
             tried.append("the model's bug: the script still runs and prints the same")
-    _, mutations, parsed = await _code_facts(s.sandbox, code)
-    if not parsed:
+    facts = await _code_facts(s.sandbox, code)
+    mutations = list(facts.mutations)
+    if not facts.parsed:
         tried.append("mutations: R could not parse the working script")
     elif not mutations:
         tried.append("no mutation of the working script was found")
@@ -241,9 +263,7 @@ async def _plant_bug(
     for mutation in mutations[:MUTATIONS_TRIED]:
         if not 0 < mutation.line <= len(lines):
             continue
-        changed = list(lines)
-        changed[mutation.line - 1] = mutation.new_line
-        broken = "\n".join(changed)
+        broken = _edited(code, mutation)
         run = await s.sandbox.code(s.task.id, broken)
         symptom = _bites(run, working)
         if symptom is not None:
@@ -306,6 +326,8 @@ async def make_code_question(
                 return unchecked
             shown, bug = unchecked
         return await _question_around(s, shown, None, bug, snippet_step, None)
+    code, mended = await _mended(sandbox, code)
+    shown = code
     working = await sandbox.code(task.id, code)
     if working.verdict != "passed":
         detail = f"{working.verdict}: {working.message or ''}".strip(": ")
@@ -323,7 +345,8 @@ async def make_code_question(
             return planted
         shown, run, bug = planted
     intended = working.stdout if bug is not None and bug.symptom == "output" else None
-    return await _question_around(s, shown, run, bug, snippet_step, intended)
+    draft = await _question_around(s, shown, run, bug, snippet_step, intended)
+    return msgspec.structs.replace(draft, mended=mended) if isinstance(draft, CodeDraft) else draft
 
 
 async def _question_around(

@@ -253,6 +253,8 @@ class Provenance(Base):
     question: StepProvenance
     answer: StepProvenance
     snippet: StepProvenance | None = None
+    # Calls of the snippet that the service rewrote before running it, each as "line N: what: new line".
+    mended: list[str] = []
     bug: BugProvenance | None = None
     repairs: list[RepairAttempt] = []
     calls: int = 0

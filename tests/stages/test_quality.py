@@ -198,6 +198,8 @@ async def test_lintr_and_the_print_probe_find_what_they_should(sandbox: Sandbox)
         ("print_of_cat", 'print(cat("x\\n"))'),
         ("cat_of", "cat(df)"),
     ]
+    # The call that prints what was meant is named, for the repair to use.
+    assert [f.fix for f in found.findings] == ['cat("Mean:", mean(myScores), "\\n")', "", "", ""]
     assert "factor" in found.findings[1].what and "data frame" in found.findings[3].what
 
 
@@ -215,8 +217,10 @@ async def test_mutations_come_from_rs_parser_and_each_changes_one_line(sandbox: 
     )
     snippet, marker = parse_snippet(code)
     result = await sandbox.run(snippet)
-    comments, mutations, parsed = parse_tokens(result.stdout, marker)
-    assert parsed and [c.text for c in comments] == ["# bug: should be scores"]
+    facts = parse_tokens(result.stdout, marker)
+    comments, mutations = facts.comments, facts.mutations
+    assert facts.parsed and [c.text for c in comments] == ["# bug: should be scores"]
+    assert facts.mends == []
     assert strip_hints(code, comments) == code.replace("# bug: should be scores\n", "")
     kinds = {m.kind for m in mutations}
     assert kinds == {"missing_object", "wrong_function", "wrong_argument", "swapped_formula"}

@@ -24,6 +24,7 @@ from pathlib import Path
 import msgspec
 
 __all__ = [
+    "CodeFacts",
     "Comment",
     "Finding",
     "Inspection",
@@ -63,6 +64,8 @@ class Finding(msgspec.Struct, frozen=True):
     kind: str
     what: str
     call: str
+    # The call that prints what was meant, when there is one obvious rewrite.
+    fix: str = ""
 
 
 class Comment(msgspec.Struct, frozen=True):
@@ -73,12 +76,22 @@ class Comment(msgspec.Struct, frozen=True):
 
 
 class Mutation(msgspec.Struct, frozen=True):
-    """A one-token change of the code: line `line` (1-based) becomes `new_line`."""
+    """A one-line change of the code: line `line` (1-based) becomes `new_line`."""
 
     kind: str
     description: str
     line: int
     new_line: str
+
+
+class CodeFacts(msgspec.Struct, frozen=True):
+    """What R's parser says of a script: its comments, bugs it could be given (`mutations`), and
+    rewrites of calls that run but print the wrong thing (`mends`)."""
+
+    comments: list[Comment]
+    mutations: list[Mutation]
+    mends: list[Mutation]
+    parsed: bool
 
 
 def r_string(text: str) -> str:
@@ -185,16 +198,18 @@ def parse_inspection(stdout: str, marker: str) -> Inspection:
         elif kind == "probe_start":
             probe_ran = True
         elif kind in ("print_extra_args", "print_of_cat", "cat_of") and len(fields) >= 3:
-            findings.append(Finding(kind=kind, what=fields[1], call=fields[2]))
+            fix = fields[3] if len(fields) > 3 else ""
+            findings.append(Finding(kind=kind, what=fields[1], call=fields[2], fix=fix))
     return Inspection(
         lints=lints, findings=findings, lint_ran=lint_ran, lint_problem=problem, probe_ran=probe_ran
     )
 
 
-def parse_tokens(stdout: str, marker: str) -> tuple[list[Comment], list[Mutation], bool]:
-    """(comments, mutations, parsed) from a `parse_snippet` run."""
+def parse_tokens(stdout: str, marker: str) -> CodeFacts:
+    """The facts a `parse_snippet` run printed."""
     comments: list[Comment] = []
     mutations: list[Mutation] = []
+    mends: list[Mutation] = []
     parsed = False
     for fields in _records(stdout, marker):
         try:
@@ -202,12 +217,13 @@ def parse_tokens(stdout: str, marker: str) -> tuple[list[Comment], list[Mutation
                 comments.append(
                     Comment(line=int(fields[1]), col1=int(fields[2]), col2=int(fields[3]), text=fields[4])
                 )
-            elif fields[0] == "mutation" and len(fields) >= 5:
-                mutations.append(
-                    Mutation(kind=fields[1], description=fields[2], line=int(fields[3]), new_line=fields[4])
+            elif fields[0] in ("mutation", "mend") and len(fields) >= 5:
+                edit = Mutation(
+                    kind=fields[1], description=fields[2], line=int(fields[3]), new_line=fields[4]
                 )
+                (mutations if fields[0] == "mutation" else mends).append(edit)
             elif fields[0] == "parse_done":
                 parsed = True
         except ValueError:
             continue
-    return comments, mutations, parsed
+    return CodeFacts(comments=comments, mutations=mutations, mends=mends, parsed=parsed)

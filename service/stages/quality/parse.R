@@ -52,5 +52,20 @@ local({
                   lhs, substr(s, tk$col2[i + 1L] + 1L, nchar(s)))
     .qasynth_emit("mutation", "swapped_formula", sprintf("%s ~ %s written as %s ~ %s", lhs, rhs, rhs, lhs), tk$line1[i], new)
   }
+  # print("label:", x) prints only its label (or stops: x is taken for `digits`): cat() was meant
+  for (i in which(data$token == "SYMBOL_FUNCTION_CALL" & data$text == "print")) {
+    call <- data$parent[data$id == data$parent[i]]
+    parts <- data[data$parent == call, ]
+    parts <- parts[order(parts$line1, parts$col1), ]
+    if (parts$line1[1L] != parts$line2[nrow(parts)] || any(parts$token %in% c("SYMBOL_SUB", "EQ_SUB"))) next
+    args <- parts$id[parts$token == "expr"][-1L]
+    first <- data[data$parent %in% args[1L], ]
+    if (length(args) < 2L || nrow(first) != 1L || first$token != "STR_CONST") next
+    s <- lines[parts$line1[1L]]
+    close <- parts$col1[nrow(parts)]
+    s <- paste0(substr(s, 1L, close - 1L), ', "\\n"', substr(s, close, nchar(s)))
+    s <- paste0(substr(s, 1L, data$col1[i] - 1L), "cat", substr(s, data$col2[i] + 1L, nchar(s)))
+    .qasynth_emit("mend", "print_label", "print() of a label and a value written as cat()", parts$line1[1L], s)
+  }
   .qasynth_emit("parse_done", seed)
 })
