@@ -8,6 +8,8 @@ answer goes through the same evaluation and checks.
 
 from __future__ import annotations
 
+import re
+
 from service.providers.base import Provider
 from service.stages.answers import parse_answer
 from service.stages.calls import Call, call_until_parsed
@@ -15,7 +17,10 @@ from service.stages.prompts import OUTPUT_MAX_CHARS, Template, repair_request
 from service.stages.spec import Job, ResolvedTask, ResolvedTheme, locale_defaults
 from service.wire.evaluate import Evaluation, Quality
 
-__all__ = ["evidence_text", "repair_answer"]
+__all__ = ["evidence_text", "parse_repair", "repair_answer"]
+
+# "Corrected answer:" and the like, on a line of its own after the echoed evidence.
+_LEAD_IN = re.compile(r"[^`\n]{0,40}[:：]\s*")
 
 
 def evidence_text(job: Job, evaluation: Evaluation | None, quality: Quality) -> str:
@@ -43,6 +48,29 @@ def evidence_text(job: Job, evaluation: Evaluation | None, quality: Quality) -> 
     return "\n\n".join(parts)
 
 
+def _without_echo(text: str, prompt: str) -> str:
+    """The reply minus the lines of the prompt copied back at its start, which small models do."""
+    said = {line.strip() for line in prompt.splitlines() if line.strip()}
+    lines = text.strip().splitlines()
+    i = 0
+    while (
+        i < len(lines)
+        and lines[i].strip().lower() != "```r"
+        and (not lines[i].strip() or lines[i].strip() in said)
+    ):
+        i += 1
+    if i == 0:
+        return text
+    if i < len(lines) and _LEAD_IN.fullmatch(lines[i].strip()):
+        i += 1
+    return "\n".join(lines[i:]).strip()
+
+
+def parse_repair(text: str, prompt: str) -> str:
+    """An answer, as `parse_answer` reads one, from a reply to the repair turn `prompt`."""
+    return parse_answer(_without_echo(text, prompt))
+
+
 async def repair_answer(
     provider: Provider,
     job: Job,
@@ -66,4 +94,7 @@ async def repair_answer(
         answer=answer,
         evidence=evidence,
     )
-    return await call_until_parsed(provider, request, parse_answer, retries=retries)
+    prompt = request.messages[-1].content
+    return await call_until_parsed(
+        provider, request, lambda text: parse_repair(text, prompt), retries=retries
+    )

@@ -98,6 +98,25 @@ async def test_a_snippet_that_does_not_run_is_dropped_with_rs_message(sandbox: S
     assert len(response.pairs) == 1
 
 
+async def test_a_snippet_that_prints_a_label_with_print_is_mended_not_dropped(sandbox: Sandbox) -> None:
+    # print("label", x) stops R (x is taken for `digits`) or prints the label alone.
+    snippet = '```r\nx <- c(2, 4, 9)\nm <- mean(x)\nprint("Mean of x:", m)\nprint(var(x))\n```'
+    with FakeLLMServer(reply=Scripted(snippet=snippet)) as server:
+        response = await run(server, sandbox, spec("explain"))
+    assert_accounted(response)
+    assert response.dropped == []
+    [pair] = response.pairs
+    assert 'cat("Mean of x:", m, "\\n")\nprint(var(x))' in pair.question
+    assert 'print("Mean of x:"' not in pair.question
+    assert pair.provenance is not None
+    assert pair.provenance.mended == [
+        'line 3: print() of a label and a value written as cat(): cat("Mean of x:", m, "\\n")'
+    ]
+    # The question writer and the answer were shown what the mended script really printed.
+    assert "Mean of x: 5" in server.calls[-1].user and "[1] 13" in server.calls[-1].user
+    assert steps(server) == ["snippet", "code_question", "answer"]
+
+
 async def test_a_bug_that_does_not_bite_is_replaced_by_a_mutation(sandbox: Sandbox) -> None:
     script = Scripted(bug=bug_that_does_not_bite)
     with FakeLLMServer(reply=script) as server:
@@ -152,6 +171,28 @@ async def test_a_failing_answer_is_repaired_from_the_evidence(sandbox: Sandbox) 
     assert "print(mean(y_missing))" in repair.body["messages"][2]["content"]
     counts = response.counts
     assert counts.repaired == 1 and counts.repair_calls == 1 and counts.cells[0].repaired == 1
+
+
+def repair_that_copies_the_evidence(system: str, user: str) -> str:
+    """What the small model does: the evidence first, word for word, then the new answer."""
+    turn = user[user.rindex("Your answer was run and checked") :]
+    evidence = turn[: turn.index("Write the whole answer again")].strip()
+    return f"{evidence}\n\nCorrected answer:\n{default_reply(system, user)}"
+
+
+async def test_evidence_copied_back_into_a_repair_is_not_part_of_the_answer(sandbox: Sandbox) -> None:
+    script = Scripted(answer=answer_that_fails, repair=repair_that_copies_the_evidence)
+    with FakeLLMServer(reply=script) as server:
+        response = await run(server, sandbox, spec("generate"))
+    [pair] = response.pairs
+    repair = next(c for c in server.calls if step_of(c.system, c.user) == "repair")
+    labels = locale_defaults("en").labels
+    assert labels.failed_checks in repair.user and labels.verdict in repair.user
+    assert pair.provenance is not None and pair.provenance.repairs[0].verdict == "passed"
+    # The answer is what came after the copy: none of the evidence's lines, nor its lead-in.
+    for line in (labels.failed_checks, labels.verdict, "object 'y_missing' not found", "Corrected answer:"):
+        assert line not in pair.answer
+    assert pair.answer.startswith(default_reply(repair.system, repair.user).strip()[:40])
 
 
 async def test_japanese_that_drifts_into_chinese_is_repaired(sandbox: Sandbox) -> None:

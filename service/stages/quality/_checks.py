@@ -18,7 +18,7 @@ from service.stages.quality._locale import judge_locale
 from service.stages.quality._markdown import shown_output
 from service.stages.quality._output import compare_output
 from service.stages.quality._policy import Policy, linters_for
-from service.stages.quality._rcode import Inspection, Lint, inspect_snippet, parse_inspection
+from service.stages.quality._rcode import Finding, Inspection, Lint, inspect_snippet, parse_inspection
 from service.wire.evaluate import CheckName, Evaluation, Quality, QualityCheck
 
 if TYPE_CHECKING:
@@ -71,6 +71,11 @@ def _run_evidence(ev: Evaluation) -> str:
     if ev.line is not None:
         parts.append(f"at line {ev.line}" + (f": {ev.failing_call}" if ev.failing_call else ""))
     return " — ".join(parts)
+
+
+def _finding(f: Finding) -> str:
+    # The rewrite is named because small models repair what they are shown, not what they are told.
+    return f"{f.what}: {f.call}" + (f" — write {f.fix} instead" if f.fix else "")
 
 
 def _normalised(code: str) -> str:
@@ -314,7 +319,7 @@ async def check_answer(
             if inspection.probe_ran:
                 found = inspection.findings
                 evidence = (
-                    "; ".join(f"{f.what}: {f.call}" for f in found[:MAX_EVIDENCE_ITEMS])
+                    "; ".join(_finding(f) for f in found[:MAX_EVIDENCE_ITEMS])
                     if found
                     else "print() and cat() were given what they print well"
                 )

@@ -4,7 +4,8 @@ print <- function(x, ...) {
   named <- names(args)
   if (is.null(named)) named <- character(length(args))
   if (sum(!nzchar(named)) > 1L) {
-    .qasynth_emit("print_extra_args", "print() prints only its first argument", deparse1(call))
+    fix <- as.call(c(list(as.name("cat")), args[!nzchar(named)], list("\n")))
+    .qasynth_emit("print_extra_args", "print() prints only its first argument", deparse1(call), deparse1(fix))
   }
   if (length(args) && is.null(x) && is.call(args[[1L]]) && identical(args[[1L]][[1L]], as.name("cat"))) {
     .qasynth_emit("print_of_cat", "print(cat(...)) prints NULL after what cat() wrote", deparse1(call))
