@@ -99,6 +99,18 @@ def test_every_way_of_showing_output_is_found(answer: str, where: str) -> None:
     assert shown.where.startswith(where) and "3" in shown.text
 
 
+def test_code_introduced_as_printing_the_results_is_not_output() -> None:
+    # The embedded model's words before its code; the code's own data are not "shown output".
+    answer = (
+        "Here's the R code to perform the t-test and print the results:\n\n```r\n"
+        "before <- c(312, 298, 305)\nresult <- t.test(before, mu = 300)\nprint(result)\n```"
+    )
+    assert shown_output(answer) == []
+    # An R-tagged block of printed lines after "Output:" is still output.
+    [shown] = shown_output("Output:\n\n```r\n[1] 305\n```")
+    assert shown.where.startswith("block after") and shown.text.strip() == "[1] 305"
+
+
 def test_code_and_section_comments_are_not_output() -> None:
     assert shown_output("```r\n## Step 2: fit the model\nfit <- lm(y ~ x)\nprint(coef(fit))\n```") == []
 

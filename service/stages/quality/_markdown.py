@@ -29,6 +29,8 @@ _COMMENT_OUTPUT = re.compile(
 )
 _PRINTED_LINE = re.compile(r"^\s*(\[\d+\]|\[\d*,\d*\]|#>|##\s)")
 _URL = re.compile(r"https?://\S+")
+# A line of R code rather than of printed output: an assignment or a call at its start.
+_CODE_LINE = re.compile(r"^\s*[\w.$\[\]]+\s*(<-|=[^=]|\()")
 
 
 class Fence(msgspec.Struct, frozen=True):
@@ -120,6 +122,9 @@ def shown_output(markdown: str) -> list[ShownOutput]:
     shown = []
     for fence in fences(markdown):
         labelled = bool(OUTPUT_LABEL.search(fence.before))
+        if labelled and fence.language in R_LANGUAGES and _has_code(fence.content):
+            # "Here is the code that prints the results:" introduces code, not output.
+            labelled = False
         if fence.language in R_LANGUAGES or (fence.language == "" and not labelled):
             printed = _transcript_output(fence.content)
             if printed:
@@ -148,6 +153,10 @@ def shown_output(markdown: str) -> list[ShownOutput]:
         elif fence.language in OUTPUT_LANGUAGES and _mostly_printed(fence.content):
             shown.append(ShownOutput(text=fence.content, where=f"output block at line {fence.line + 1}"))
     return shown
+
+
+def _has_code(content: str) -> bool:
+    return any(_CODE_LINE.match(line) for line in content.splitlines())
 
 
 def _mostly_printed(content: str) -> bool:
