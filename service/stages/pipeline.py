@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 
 import msgspec
 
+from evaluator import extract_code
 from service.errors import (
     BatchRequestFailed,
     BudgetExhausted,
@@ -112,6 +113,12 @@ CODE_FIRST = frozenset({"explain", "fix"})
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:20]
+
+
+def _code_of(answer: str) -> str:
+    """An answer's R code with spacing evened out, to tell whether a repair changed it."""
+    code = extract_code(answer).code
+    return "\n".join(" ".join(line.split()) for line in code.splitlines() if line.strip())
 
 
 def question_id(task: str, theme: str, question: str) -> str:
@@ -647,16 +654,23 @@ class _Run:
                 break
             attempt, new_answer = repaired
             pid = pair_id(c.cell.task, c.cell.theme, q.text, new_answer)
+            before = (_code_of(answer), quality.failed())
             evaluation, quality = await self._judge(c, q, pid, new_answer, attempt=len(repairs) + 1)
+            # The same code with the same checks failing: another attempt would be shown the same
+            # evidence for the same code, and small models then write the same reply again.
+            unchanged = quality.flagged and before == (_code_of(new_answer), quality.failed())
             repairs.append(
                 msgspec.structs.replace(
                     attempt,
                     verdict=evaluation.verdict if evaluation is not None else None,
                     flagged=quality.flagged,
                     failed_checks=quality.failed(),
+                    unchanged=unchanged,
                 )
             )
             answer = new_answer
+            if unchanged:
+                break
         c.ledger.record([ch for ch in quality.checks if ch.name not in {x.name for x in q.checks.checks}])
         if quality.flagged:
             self.counts.flagged += 1

@@ -242,6 +242,8 @@ class RepairAttempt(Base):
     verdict: Verdict | None = None
     flagged: bool = False
     failed_checks: list[CheckName] = []
+    # The reply kept the code it was shown and the same checks failed, so no further attempt was made.
+    unchanged: bool = False
 
 
 class Provenance(Base):

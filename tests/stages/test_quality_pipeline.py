@@ -173,6 +173,23 @@ async def test_a_failing_answer_is_repaired_from_the_evidence(sandbox: Sandbox) 
     assert counts.repaired == 1 and counts.repair_calls == 1 and counts.cells[0].repaired == 1
 
 
+async def test_repair_stops_when_a_reply_keeps_the_code_and_its_failures(sandbox: Sandbox) -> None:
+    # Every repair reply rewrites the prose around the same failing code.
+    script = Scripted(answer=answer_that_fails, repair=answer_that_fails)
+    job = spec("generate", evaluation={"repair_attempts": 3})
+    with FakeLLMServer(reply=script) as server:
+        response = await run(server, sandbox, job)
+    assert_accounted(response)
+    [pair] = response.pairs
+    assert pair.quality is not None and pair.quality.flagged
+    assert pair.provenance is not None
+    [attempt] = pair.provenance.repairs  # not 3: the second would be shown the same code and evidence
+    assert attempt.unchanged and attempt.verdict == "runtime_error"
+    assert attempt.failed_checks == ["answer_code_runs"]
+    assert steps(server) == ["questions", "answer", "repair"]
+    assert response.counts.repair_calls == 1 and response.counts.repaired == 0
+
+
 def repair_that_copies_the_evidence(system: str, user: str) -> str:
     """What the small model does: the evidence first, word for word, then the new answer."""
     turn = user[user.rindex("Your answer was run and checked") :]
