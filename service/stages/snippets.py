@@ -203,10 +203,11 @@ async def _mended(sandbox: Sandbox, code: str) -> tuple[str, list[str]]:
     meant loses nothing, where asking again would cost a call."""
     facts = await _code_facts(sandbox, code)
     done: list[str] = []
-    for edit in {m.line: m for m in reversed(facts.mends)}.values():
+    # One rewrite a line: each is the whole line rewritten from the script as written.
+    for edit in sorted({m.line: m for m in reversed(facts.mends)}.values(), key=lambda m: m.line):
         done.append(f"line {edit.line}: {edit.description}: {edit.new_line.strip()}")
         code = _edited(code, edit)
-    return code, sorted(done)
+    return code, done
 
 
 async def _unchecked_bug(s: _Steps, code: str) -> tuple[str, BugProvenance] | Skipped:
