@@ -268,9 +268,12 @@ def question_request(
 ) -> CompletionRequest:
     call = {"count": str(count), "avoid": _avoid_text(job, avoid)}
     request = _request(job, template, task, theme, call, job.spec.model.temperature)
-    # Small models write more questions than asked, and the answers after them: the heading of
-    # the first question too many ends the reply, so those tokens are neither waited for nor paid.
-    return msgspec.structs.replace(request, stop=(f"### Q{count + 1}",))
+    if count > 1:
+        return request
+    # Small models write more questions than asked, and the answers after them: asked for one, the
+    # second heading ends the reply, so those tokens are neither waited for nor paid. Not a numbered
+    # heading: the model may start at `### Q2`, and a stop there would leave nothing.
+    return msgspec.structs.replace(request, stop=("\n### Q",))
 
 
 def snippet_request(

@@ -71,8 +71,8 @@ def test_system_prompt_is_identical_across_calls_of_a_task_and_carries_its_own_e
     assert "CONV-1" in q1.system and "FS-Q" in q1.system and "FS-A" not in q1.system
     assert "Write 3 new" in q1.messages[0].content
     assert "an earlier question" in q2.messages[0].content and "an earlier question" not in q2.system
-    # The heading of one question too many ends the reply.
-    assert (q1.stop, q2.stop) == (("### Q4",), ("### Q2",))
+    # Asked for one question, a second heading ends the reply.
+    assert (q1.stop, q2.stop) == ((), ("\n### Q",))
     assert a_tpl and answer_request(job, a_tpl, fix, mv, question="Q").stop == ()
     a1 = answer_request(job, a_tpl, fix, mv, question="Q-ONE")
     a2 = answer_request(job, a_tpl, fix, reg, question="Q-TWO")
