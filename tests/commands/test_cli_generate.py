@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +192,20 @@ def wait_for_lines(path: Path, n: int, proc: subprocess.Popen[bytes]) -> None:
     assert proc.poll() is None, "the job ended before it could be interrupted"
 
 
+@contextlib.contextmanager
+def ctrl_c_reaches_children() -> Iterator[None]:
+    """Children start with SIGINT as a terminal's foreground job has it, even when these tests run
+    in the background (`cmd &`), where the shell ignores SIGINT and children inherit that."""
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        # A handler (unlike SIG_IGN) is reset to the default at exec.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_generate_resumes_after_ctrl_c_and_a_kill_with_the_accounting_of_one_run(tmp_path: Path) -> None:
     spec = {
         "tasks": [{"id": "generate"}],
@@ -206,7 +222,8 @@ def test_generate_resumes_after_ctrl_c_and_a_kill_with_the_accounting_of_one_run
         # Two calls at a time: the job takes seconds, so each interruption lands in its middle.
         env = {**env_for(server), "QASYNTH_CONCURRENCY": "2", "QASYNTH_CONCURRENCY_MAX": "2"}
         # Ctrl-C: the files keep what was written, and the job says how to go on.
-        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+        with ctrl_c_reaches_children():
+            proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
         wait_for_lines(out, 3, proc)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
