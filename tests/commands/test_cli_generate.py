@@ -74,17 +74,25 @@ SPEC: dict[str, Any] = {
 }
 
 
+async def file_and_api(
+    server: FakeLLMServer, tmp_path: Path, spec: dict[str, Any]
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """The same spec through `python -m service generate` (with `--summary`) and /v1/generate."""
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    out = tmp_path / "pairs.jsonl"
+    done = generate(server, str(spec_path), "-o", str(out), "--summary", str(tmp_path / "summary.json"))
+    assert done.returncode == 0, done.stderr
+    async with AsyncTestClient(create_app(settings_for(server, sandbox="none"))) as client:
+        r = await client.post("/v1/generate", json=spec)
+    assert r.status_code == 200, r.text
+    return done, r.json()
+
+
 async def test_generate_file_gives_the_accounting_and_pairs_of_the_api(tmp_path: Path) -> None:
     with FakeLLMServer(reply=first_two_alike) as server:
-        spec_path = tmp_path / "spec.json"
-        spec_path.write_text(json.dumps(SPEC), encoding="utf-8")
-        out = tmp_path / "pairs.jsonl"
-        done = generate(server, str(spec_path), "-o", str(out), "--summary", str(tmp_path / "summary.json"))
-        assert done.returncode == 0, done.stderr
-        async with AsyncTestClient(create_app(settings_for(server, sandbox="none"))) as client:
-            r = await client.post("/v1/generate", json=SPEC)
-        assert r.status_code == 200, r.text
-    api = r.json()
+        done, api = await file_and_api(server, tmp_path, SPEC)
+    out = tmp_path / "pairs.jsonl"
     summary = json.loads((tmp_path / "summary.json").read_text())
     pairs, dropped = read_jsonl(out), read_jsonl(tmp_path / "pairs.dropped.jsonl")
     assert read_jsonl(tmp_path / "pairs.failed.jsonl") == []
@@ -118,20 +126,13 @@ async def test_generate_file_prices_its_job_as_the_api_does(tmp_path: Path) -> N
         "budget": {"usd": 1.0},
     }
     with FakeLLMServer(reply=deterministic_reply) as server:
-        spec_path = tmp_path / "spec.json"
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        out = tmp_path / "pairs.jsonl"
-        done = generate(server, str(spec_path), "-o", str(out), "--summary", str(tmp_path / "summary.json"))
-        assert done.returncode == 0, done.stderr
-        async with AsyncTestClient(create_app(settings_for(server, sandbox="none"))) as client:
-            r = await client.post("/v1/generate", json=spec)
-        assert r.status_code == 200, r.text
-    api = r.json()["counts"]
+        _, body = await file_and_api(server, tmp_path, spec)
+    api = body["counts"]
     counts = json.loads((tmp_path / "summary.json").read_text())["counts"]
     assert api["price_taken"] == counts["price_taken"] == "2025-11-25"
     assert counts["cost_usd"] == api["cost_usd"] > 0
     assert counts["cost_per_returned_pair_usd"] == api["cost_per_returned_pair_usd"]
-    pairs = read_jsonl(out)
+    pairs = read_jsonl(tmp_path / "pairs.jsonl")
     assert len(pairs) == 3 and all(p["provenance"]["answer"]["cost_usd"] > 0 for p in pairs)
 
 
