@@ -196,8 +196,9 @@ def _edited(code: str, edit: Mutation) -> str:
     return "\n".join(lines)
 
 
-async def _mended(sandbox: Sandbox, code: str) -> tuple[str, list[str]]:
-    """The script with the slips small models make most (`print("mean:", m)`) rewritten, and what was.
+async def _mended(sandbox: Sandbox, code: str) -> tuple[str, list[str], CodeFacts | None]:
+    """The script with the slips small models make most (`print("mean:", m)`) rewritten, what was,
+    and the parser's facts when they still hold (nothing was rewritten).
 
     The script is the service's own material for a question, not an answer: making it say what it
     meant loses nothing, where asking again would cost a call."""
@@ -207,7 +208,7 @@ async def _mended(sandbox: Sandbox, code: str) -> tuple[str, list[str]]:
     for edit in sorted({m.line: m for m in reversed(facts.mends)}.values(), key=lambda m: m.line):
         done.append(f"line {edit.line}: {edit.description}: {edit.new_line.strip()}")
         code = _edited(code, edit)
-    return code, done
+    return code, done, None if done else facts
 
 
 async def _unchecked_bug(s: _Steps, code: str) -> tuple[str, BugProvenance] | Skipped:
@@ -226,9 +227,10 @@ async def _unchecked_bug(s: _Steps, code: str) -> tuple[str, BugProvenance] | Sk
 
 
 async def _plant_bug(
-    s: _Steps, code: str, working: Evaluation
+    s: _Steps, code: str, working: Evaluation, facts: CodeFacts | None
 ) -> tuple[str, Evaluation, BugProvenance] | Skipped:
-    """The model's bug if it bites, else the first mutation of the working code that does."""
+    """The model's bug if it bites, else the first mutation of the working code that does; `facts`
+    are the working code's, when already known."""
     assert s.sandbox is not None
     tried = []
     step = None
@@ -242,8 +244,8 @@ async def _plant_bug(
         tried.append(f"the model's bug: {exc.reason}")
     if call is not None:
         step = s.step(s.templates["bug"], call)
-        facts = await _code_facts(s.sandbox, call.value)
-        broken = strip_hints(call.value, facts.comments)
+        bug_facts = await _code_facts(s.sandbox, call.value)
+        broken = strip_hints(call.value, bug_facts.comments)
         if _normalised(broken) == _normalised(code):
             tried.append("the model's bug: it returned the script unchanged")
         else:
@@ -252,7 +254,8 @@ async def _plant_bug(
             if symptom is not None:
                 return broken, run, BugProvenance(source="model", symptom=symptom, step=step)
             tried.append("the model's bug: the script still runs and prints the same")
-    facts = await _code_facts(s.sandbox, code)
+    if facts is None:
+        facts = await _code_facts(s.sandbox, code)
     mutations = list(facts.mutations)
     if not facts.parsed:
         tried.append("mutations: R could not parse the working script")
@@ -327,7 +330,7 @@ async def make_code_question(
                 return unchecked
             shown, bug = unchecked
         return await _question_around(s, shown, None, bug, snippet_step, None)
-    code, mended = await _mended(sandbox, code)
+    code, mended, facts = await _mended(sandbox, code)
     shown = code
     working = await sandbox.code(task.id, code)
     if working.verdict != "passed":
@@ -341,7 +344,7 @@ async def make_code_question(
         )
     run = working
     if task.kind == "fix":
-        planted = await _plant_bug(s, code, working)
+        planted = await _plant_bug(s, code, working, facts)
         if isinstance(planted, Skipped):
             return planted
         shown, run, bug = planted
