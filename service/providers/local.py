@@ -163,6 +163,7 @@ class LocalProvider:
         self._starting: asyncio.Task[None] | None = None
         self._load_s: float | None = None
         self._spin: str | None = None
+        self._cpu_features: str | None = None
         self._pool = _SlotPool(self._slots)
         self._lane = Lane(
             provider=self.name,
@@ -455,6 +456,8 @@ class LocalProvider:
         self._spin = _import_runtime()
         import xllamacpp
 
+        self._cpu_features = _compiled_for(xllamacpp.get_system_info())
+
         snapshots_dir = tempfile.mkdtemp(prefix="qasynth-local-slots-")
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
@@ -518,6 +521,8 @@ class LocalProvider:
         }
         if self._spin is not None:
             out["openmp_spin"] = self._spin
+        if self._cpu_features is not None:
+            out["cpu_features"] = self._cpu_features
         if self._packaged is not None:
             target = (
                 self._loaded.path
@@ -583,6 +588,17 @@ def _import_runtime() -> str:
 _ENVIRON_LOCK = threading.Lock()
 # What libgomp read when the first provider of this process imported xllamacpp: it reads it once.
 _SPIN_IN_EFFECT: list[str] = []
+
+
+def _compiled_for(system_info: str) -> str:
+    """The instruction sets the runtime was compiled for, from llama.cpp's "CPU : AVX2 = 1 | …":
+    the PyPI wheel stops at AVX2; scripts/build_runtime.py builds for AVX-512 where the CPU has it."""
+    names = [
+        name.strip().rsplit(" ", 1)[-1]
+        for name, _, value in (item.partition("=") for item in system_info.split("|"))
+        if value.strip() == "1"
+    ]
+    return " ".join(names)
 
 
 def _read_through(path: Path) -> None:
