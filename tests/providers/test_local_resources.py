@@ -1,16 +1,21 @@
-"""What the embedded model is given: cores from the affinity mask and cgroup quota, slots, settings."""
+"""What the embedded model is given: cores from the affinity mask and cgroup quota, slots, settings,
+and the instruction sets its runtime is built for."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from service.providers._cpu import available_cores, cgroup_cpu_limit
-from service.providers.local import LocalProvider, _SlotPool
+from service.providers.local import LocalProvider, _compiled_for, _SlotPool
 from service.settings import Settings, SettingsError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tree(root: Path, membership: str, files: dict[str, str]) -> Path:
@@ -141,3 +146,56 @@ async def test_ready_lists_the_local_lane_with_a_fixed_limit_of_the_slots(tmp_pa
     assert (lane["adaptive"], lane["limit"], lane["max_limit"]) == (False, 3, 3)
     assert (lane["in_flight"], lane["queued"], lane["breaker"]) == (0, 0, "closed")
     assert body["providers"]["local"]["concurrency"] == "3"
+
+
+def _build_runtime() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_runtime", ROOT / "scripts" / "build_runtime.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ZEN4 = (
+    "fpu sse sse2 ssse3 fma avx f16c avx2 avx512f avx512dq avx512ifma avx512cd avx512bw avx512vl "
+    "avx512_bf16 avx512vbmi avx512_vbmi2 avx512_vnni avx512_bitalg avx512_vpopcntdq"
+)
+
+
+@pytest.mark.parametrize(
+    ("flags", "options"),
+    [
+        (
+            ZEN4,
+            ["-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=ON", "-DGGML_AVX512_VBMI=ON"],
+        ),
+        # Skylake-X: AVX-512 without VNNI, BF16 or VBMI.
+        ("fma avx avx2 avx512f avx512dq avx512cd avx512bw avx512vl", ["-DGGML_AVX512=ON"]),
+        # AVX-512 foundation alone is not what GGML_AVX512 compiles for (it adds -mavx512bw and -mavx512vl).
+        ("fma avx avx2 avx512f avx512cd", []),
+        ("fma avx avx2", []),
+    ],
+)
+def test_the_runtime_is_built_only_for_instructions_the_cpu_has(
+    tmp_path: Path, flags: str, options: list[str]
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    build = _build_runtime()
+    assert build.cmake_options(build.cpu_flags(cpuinfo)) == options
+    # AMX is never asked for, even where the CPU advertises it.
+    assert not any(
+        "AMX" in o for o in build.cmake_options(build.cpu_flags(cpuinfo) | {"amx_int8", "amx_tile"})
+    )
+
+
+def test_no_cpuinfo_means_no_build(tmp_path: Path) -> None:
+    build = _build_runtime()
+    assert build.cmake_options(build.cpu_flags(tmp_path / "missing")) == []
+
+
+def test_what_the_runtime_was_compiled_for_is_read_from_llama_cpp() -> None:
+    wheel = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | OPENMP = 1 | "
+    built = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AMX_INT8 = 0 | "
+    assert _compiled_for(wheel) == "SSE3 SSSE3 AVX AVX2 F16C FMA BMI2 OPENMP"
+    assert _compiled_for(built) == "SSE3 AVX2 AVX512 AVX512_VBMI AVX512_VNNI"
