@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_local.py --quick           # the README's main job only (--jobs demo)
     .venv/bin/python benchmarks/bench_local.py --jobs grid       # the grid only (about 25 minutes)
     .venv/bin/python benchmarks/bench_local.py --contention      # decoding beside a busy R evaluator
+    .venv/bin/python benchmarks/bench_local.py --runtime         # the PyPI wheel against this CPU's build
 
 Old settings are how the provider ran before it had slots: one slot of 8,192 tokens, one thread, so
 no prompt snapshots are copied between slots. New are the defaults (`Settings`): 4 slots of 4,096
@@ -21,6 +22,11 @@ Contention: four sequences of 128 tokens decoded together, with 0, 1 or 2 CPU-bo
 running in the service's own evaluator at the same time (the pipeline evaluates answers while
 others decode), for 1 and 2 threads and libgomp's default barrier spinning against the provider's
 shorter spin. Each setting runs in a fresh process, because libgomp reads its settings once.
+
+Runtime: the demo job (or --jobs) at the new settings, once with the xllamacpp wheel from PyPI
+(compiled for AVX2) and once with the runtime installed here (scripts/build_runtime.py builds it for
+AVX-512 where the CPU has it), each in a fresh process, for --rounds rounds in alternating order.
+The wheel is installed into a temporary directory put first on the child's PYTHONPATH.
 
 The machine is shared: the script prints the load average before every run; compare the two sides
 of one run, and re-run when the load was high.
@@ -111,6 +117,7 @@ def run_job(name: str, spec: dict[str, Any], *, slots: int, threads: int, contex
         "tok_s": usage["output_tokens"] / wall_s,
         "longest_prompt": int(max(prompts, default=0)),
         "verdicts": dict(verdicts),
+        "cpu_features": local.get("cpu_features", ""),
         "load_before": before,
         "load_after": load(),
     }
@@ -152,6 +159,123 @@ def jobs(names: list[str], new_slots: int, new_threads: int, order: str) -> None
             f"**{old['wall_s'] / new['wall_s']:.2f}×** | {verdicts(old)} → {verdicts(new)} | "
             f"{old['load_before']} → {new['load_after']} |"
         )
+
+
+# -- runtime: the PyPI wheel against the build for this CPU
+
+
+def _pypi_wheel(directory: str) -> str:
+    """The PyPI wheel of the installed xllamacpp version, unpacked into `directory`."""
+    import importlib.metadata
+
+    version = importlib.metadata.version("xllamacpp")
+    command = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+    command += ["--only-binary", ":all:", "--target", directory, f"xllamacpp=={version}"]
+    subprocess.run(command, check=True)
+    return version
+
+
+async def _fixed_work(slots: int, threads: int) -> dict[str, Any]:
+    """The same work on either runtime: four new prompts of about 600 tokens evaluated together, then
+    four replies of up to 128 tokens decoded together (temperature 0, seeded)."""
+    from service.providers import _gguf
+    from service.providers.base import CompletionRequest, Message
+    from service.providers.local import LocalProvider
+
+    provider = LocalProvider(packaged=_gguf.DEFAULT_MODEL, slots=slots, threads=threads)
+    system = (ROOT / "prompts/answer.en.md").read_text().split("=== user ===")[0]
+    # With the built-in conventions and answer rules: about 600 tokens.
+    system += (ROOT / "prompts/defaults.en.toml").read_text().split("[labels]")[0]
+
+    def ask(i: int, prefix: str, n: int) -> CompletionRequest:
+        text = f"Question {i}: write R code for a two-sample t-test on simulated data."
+        return CompletionRequest(
+            system=prefix + system, messages=(Message("user", text),), temperature=0.0, max_tokens=n, seed=1
+        )
+
+    try:
+        await provider.complete(ask(0, "Warm-up. ", 1))  # the load, outside the timings
+        started = time.perf_counter()
+        # Each prompt starts differently, so none shares a cached prefix with another.
+        evaluated = await asyncio.gather(*(provider.complete(ask(i, f"Call {i}. ", 1)) for i in range(4)))
+        prompt_s = time.perf_counter() - started
+        started = time.perf_counter()
+        decoded = await asyncio.gather(*(provider.complete(ask(i, "Call 0. ", 128)) for i in range(4)))
+        decode_s = time.perf_counter() - started
+    finally:
+        await provider.aclose()
+    prompt_tokens = sum(c.usage.input_tokens - c.usage.cached_tokens for c in evaluated)
+    output_tokens = sum(c.usage.output_tokens for c in decoded)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "prompt_tok_s": prompt_tokens / prompt_s,
+        "output_tokens": output_tokens,
+        "decode_tok_s": output_tokens / decode_s,
+    }
+
+
+def _job_in_child(name: str, slots: int, threads: int, pythonpath: str | None) -> dict[str, Any]:
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
+    context = Settings().local_context
+    command = [sys.executable, __file__, "--job-in-child", json.dumps([name, slots, threads, context])]
+    if name == "fixed":
+        command = [sys.executable, __file__, "--fixed-in-child", json.dumps([slots, threads])]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def runtimes(names: list[str], slots: int, threads: int, rounds: int) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-local-wheel-") as wheel_dir:
+        version = _pypi_wheel(wheel_dir)
+        print(f"xllamacpp {version}; cores available: {available_cores()}; {load()}", flush=True)
+        sides = [("pypi", wheel_dir), ("installed", None)]
+        results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for round_ in range(rounds):
+            for side, path in sides if round_ % 2 == 0 else sides[::-1]:
+                fixed = _job_in_child("fixed", slots, threads, path)
+                results.setdefault(("fixed", side), []).append(fixed)
+                print(
+                    f"{side:9} fixed work: {fixed['prompt_tokens']} prompt tokens at {fixed['prompt_tok_s']:.1f} "
+                    f"tok/s, {fixed['output_tokens']} output tokens at {fixed['decode_tok_s']:.1f} tok/s "
+                    f"(4 at once) [{load()}]",
+                    flush=True,
+                )
+            for name in names:
+                for side, path in sides if round_ % 2 == 0 else sides[::-1]:
+                    result = _job_in_child(name, slots, threads, path)
+                    results.setdefault((name, side), []).append(result)
+                    print(f"{side:9} [{result['cpu_features']}]: {describe(result)}", flush=True)
+    print()
+    print("| fixed work, 4 at once | PyPI wheel (AVX2) | installed runtime | speed-up |")
+    print("|---|---|---|---|")
+    for key, label in (("prompt_tok_s", "prompt evaluation"), ("decode_tok_s", "decoding")):
+        rates = [[r[key] for r in results[("fixed", side)]] for side in ("pypi", "installed")]
+        print(
+            f"| {label}, tokens/s | {' / '.join(f'{x:.1f}' for x in rates[0])} | "
+            f"{' / '.join(f'{x:.1f}' for x in rates[1])} | **{sum(rates[1]) / sum(rates[0]):.2f}×** |"
+        )
+    print()
+    print("| job | PyPI wheel (AVX2) | installed runtime | speed-up | verdicts PyPI → installed |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        old, new = results[(name, "pypi")], results[(name, "installed")]
+        old_s, new_s = sum(r["wall_s"] for r in old), sum(r["wall_s"] for r in new)
+        merged: list[Counter[str]] = [Counter(), Counter()]
+        for counter, side in zip(merged, (old, new), strict=True):
+            for r in side:
+                counter.update(r["verdicts"])
+        walls = [" / ".join(f"{r['wall_s']:.0f} s" for r in side) for side in (old, new)]
+        print(
+            f"| {name} | {walls[0]} | {walls[1]} | **{old_s / new_s:.2f}×** (sum of {len(old)}) | "
+            f"{verdicts({'verdicts': merged[0]})} → {verdicts({'verdicts': merged[1]})} |"
+        )
+    print(f"installed runtime compiled for: {results[(names[0], 'installed')][0]['cpu_features']}")
 
 
 # -- contention: decoding beside the R evaluator
@@ -256,9 +380,22 @@ def main() -> None:
     parser.add_argument("--contention", action="store_true", help="decoding beside a busy R evaluator")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per sequence in --contention")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of --contention")
+    parser.add_argument("--runtime", action="store_true", help="the PyPI wheel against the installed runtime")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --runtime")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--job-in-child", help=argparse.SUPPRESS)
+    parser.add_argument("--fixed-in-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
+    if args.fixed_in_child:
+        slots, threads = json.loads(args.fixed_in_child)
+        print(json.dumps(asyncio.run(_fixed_work(slots, threads))))
+    elif args.job_in_child:
+        name, slots, threads, context = json.loads(args.job_in_child)
+        print(json.dumps(run_job(name, JOBS[name], slots=slots, threads=threads, context=context)))
+    elif args.runtime:
+        names = ["demo"] if args.quick or args.jobs == ["demo", "grid"] else args.jobs
+        runtimes(names, args.slots, args.threads or available_cores(), args.rounds)
+    elif args.one:
         slots, threads, busy, tokens = json.loads(args.one)
         print(json.dumps(asyncio.run(_decode(slots, threads, busy, tokens))))
     elif args.contention:

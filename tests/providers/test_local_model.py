@@ -66,6 +66,10 @@ async def test_completes_and_reuses_the_cached_system_prompt() -> None:
     assert described["sha256_verified"].startswith("true")
     assert (described["slots"], described["concurrency"]) == ("4", "4")
     assert described["threads"] == str(available_cores())
+    # What llama.cpp says the loaded runtime was compiled for; the PyPI wheel and a build for AVX-512
+    # (scripts/build_runtime.py) both have AVX2.
+    features = described["cpu_features"].split()
+    assert "AVX2" in features and "OPENMP" in features
     assert provider.describe()["status"] == "stopped"
 
 
