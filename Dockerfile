@@ -27,6 +27,8 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY evaluator ./evaluator
 COPY prompts ./prompts
+# The model runtime stays the portable PyPI wheel (AVX2): an image runs on CPUs other than the
+# builder's. scripts/build_runtime.py builds it for AVX-512 on a machine of its own.
 RUN pip install --no-cache-dir '.[local]'
 
 ENV QASYNTH_PROMPTS_DIR=/app/prompts \
