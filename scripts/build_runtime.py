@@ -105,39 +105,29 @@ def smoke(python: str) -> bool:
     return done.returncode == 0
 
 
-def pip(python: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [python, "-m", "pip", "--disable-pip-version-check", *args], env=env, text=True, capture_output=True
-    )
+def pip(python: str, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [python, "-m", "pip", "--disable-pip-version-check", *args]
+    return subprocess.run(command, text=True, capture_output=True, check=False)
 
 
 def build(python: str, version: str, options: list[str], into: Path) -> Path | None:
     env = dict(os.environ)
     env["CMAKE_ARGS"] = " ".join([*FIXED, *options])
     env.setdefault("NPROC", str(len(os.sched_getaffinity(0))))
-    with tempfile.TemporaryDirectory(prefix="qasynth-runtime-") as tmp:
-        say(f"building xllamacpp {version} with {' '.join(options)} (about 10 minutes on 2 cores)")
-        done = pip(
-            python,
-            "wheel",
-            "--no-deps",
-            "--no-binary",
-            "xllamacpp",
-            f"xllamacpp=={version}",
-            "-w",
-            tmp,
-            env=env,
+    into.mkdir(parents=True, exist_ok=True)
+    log = into / "build.log"
+    with tempfile.TemporaryDirectory(prefix="qasynth-runtime-") as tmp, log.open("w") as out:
+        say(
+            f"building xllamacpp {version} with {' '.join(options)}: about 8 minutes on 2 cores; log in {log}"
         )
-        if done.returncode != 0:
-            say(
-                f"the build failed; keeping the PyPI wheel. Last lines:\n{done.stdout[-1500:]}{done.stderr[-1500:]}"
-            )
-            return None
+        command = [python, "-m", "pip", "--disable-pip-version-check", "wheel", "--no-deps"]
+        command += ["--no-binary", "xllamacpp", f"xllamacpp=={version}", "-w", tmp]
+        done = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
         wheels = list(Path(tmp).glob("xllamacpp-*.whl"))
-        if len(wheels) != 1:
-            say(f"the build left {len(wheels)} wheels; keeping the PyPI wheel")
+        if done.returncode != 0 or len(wheels) != 1:
+            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+            say(f"the build failed (exit {done.returncode}); keeping the PyPI wheel. The log ends:\n{tail}")
             return None
-        into.mkdir(parents=True, exist_ok=True)
         return Path(shutil.move(str(wheels[0]), into / wheels[0].name))
 
 
