@@ -73,7 +73,10 @@ def cmake_options(flags: set[str]) -> list[str]:
 def installed_runtime(python: str) -> tuple[str, str] | None:
     """The installed xllamacpp's version and what it was compiled for, as llama.cpp prints it
     ("AVX2 = 1 | …"); None when it is not installed."""
-    done = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=120)
+    try:
+        done = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return None
     if done.returncode != 0:
         return None
     version, _, features = done.stdout.partition("\n")
@@ -99,7 +102,11 @@ def smoke(python: str) -> bool:
         "asyncio.run(main())\n"
     )
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([python, "-c", code], cwd=root, capture_output=True, text=True, timeout=900)
+    try:
+        done = subprocess.run([python, "-c", code], cwd=root, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        say("the new runtime did not decode a token within 15 minutes")
+        return False
     if done.returncode != 0:
         say(f"the new runtime failed its first decode (exit {done.returncode}): {done.stderr[-800:]}")
     return done.returncode == 0
