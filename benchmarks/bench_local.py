@@ -23,9 +23,11 @@ running in the service's own evaluator at the same time (the pipeline evaluates 
 others decode), for 1 and 2 threads and libgomp's default barrier spinning against the provider's
 shorter spin. Each setting runs in a fresh process, because libgomp reads its settings once.
 
-Runtime: the demo job (or --jobs) at the new settings, once with the xllamacpp wheel from PyPI
-(compiled for AVX2) and once with the runtime installed here (scripts/build_runtime.py builds it for
-AVX-512 where the CPU has it), each in a fresh process, for --rounds rounds in alternating order.
+Runtime: a fixed piece of work (four new prompts evaluated together, then four seeded replies
+decoded together) and the demo job (or --jobs), at the new settings, once with the xllamacpp wheel
+from PyPI (compiled for AVX2) and once with the runtime installed here (scripts/build_runtime.py
+builds it for AVX-512 where the CPU has it), each in a fresh process, for --rounds rounds in
+alternating order.
 The wheel is installed into a temporary directory put first on the child's PYTHONPATH.
 
 The machine is shared: the script prints the load average before every run; compare the two sides
