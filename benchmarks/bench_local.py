@@ -220,10 +220,11 @@ def _job_in_child(name: str, slots: int, threads: int, pythonpath: str | None) -
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
-    context = Settings().local_context
-    command = [sys.executable, __file__, "--job-in-child", json.dumps([name, slots, threads, context])]
     if name == "fixed":
-        command = [sys.executable, __file__, "--fixed-in-child", json.dumps([slots, threads])]
+        child = ["--fixed-in-child", json.dumps([slots, threads])]
+    else:
+        child = ["--job-in-child", json.dumps([name, slots, threads, Settings().local_context])]
+    command = [sys.executable, __file__, *child]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
